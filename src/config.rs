@@ -1,0 +1,582 @@
+//! Configuration: defaults → TOML file → environment (`OUTBOX_RELAY__SECTION__KEY`).
+//!
+//! Unknown keys are rejected, every problem is reported together in one message, and secrets
+//! (the database password, SASL/SSL passwords in pass-through properties) never reach `Debug`
+//! output, logs or `config check`. The doc comment on each field is the config reference.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Prefix of environment variables; sections and keys are separated by `__`.
+pub const ENV_PREFIX: &str = "OUTBOX_RELAY__";
+/// File read when no path is given and it exists.
+pub const DEFAULT_PATH: &str = "config/relay.toml";
+
+/// The relay's whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub kafka: KafkaConfig,
+    pub relay: RelayConfig,
+    pub headers: HeadersConfig,
+    pub log: LogConfig,
+}
+
+/// `[database]`: where the outbox table lives.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    /// Postgres URL, e.g. `postgres://user:password@127.0.0.1:5432/db`. The password is redacted.
+    pub url: DatabaseUrl,
+    /// Schema holding the outbox table (created by `migrate` if missing).
+    pub schema: String,
+    /// Outbox table name.
+    pub table: String,
+    /// Connection pool size. Each in-flight batch holds one connection.
+    pub max_connections: u32,
+    /// Time allowed to establish a connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: DatabaseUrl(String::new()),
+            schema: "public".into(),
+            table: "outbox".into(),
+            max_connections: 8,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[kafka]`: the producer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list. Required.
+    pub bootstrap_servers: String,
+    /// Kafka `client.id`.
+    pub client_id: String,
+    /// Timeout of the metadata request used to check that Kafka answers, in milliseconds.
+    pub metadata_timeout_ms: u64,
+    /// librdkafka properties passed through as they are (e.g. `"linger.ms" = 5`,
+    /// `"security.protocol" = "SASL_SSL"`). `acks` and `enable.idempotence` are always `all`
+    /// and `true`; a property contradicting them is refused.
+    pub properties: BTreeMap<String, PropertyValue>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: String::new(),
+            client_id: "outbox-relay".into(),
+            metadata_timeout_ms: 5_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[relay]`: the claim → produce → mark loop.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RelayConfig {
+    /// Rows claimed per batch (one transaction, one bulk mark).
+    pub batch_size: u32,
+    /// Batches in flight at once. Each holds a database connection while Kafka acknowledges it.
+    pub concurrency: u32,
+    /// Sleep between claims when no row is due, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Delay before a row whose delivery failed is tried again, in milliseconds.
+    pub retry_delay_ms: u64,
+    /// On SIGTERM/SIGINT: how long in-flight batches may take to be acknowledged and marked.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            concurrency: 4,
+            poll_interval_ms: 100,
+            retry_delay_ms: 5_000,
+            shutdown_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl RelayConfig {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+    pub fn retry_delay(&self) -> Duration {
+        Duration::from_millis(self.retry_delay_ms)
+    }
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// `[headers]`: default headers on every record, after `event_id` and before the row's own.
+/// A row header with the same name replaces the default.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct HeadersConfig {
+    pub source: String,
+    pub version: String,
+}
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        Self {
+            source: "outbox-relay".into(),
+            version: "1.0.0".into(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `text` (human-readable) or `json` (one object per line).
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `outbox_relay=debug,rdkafka=warn`. `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A Postgres URL whose password never appears in `Debug`, `Display` or serialized output.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+    /// The URL with its password; only for opening connections.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// The URL with `***` in place of the password.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+/// A pass-through librdkafka property: written as a string, number or boolean in TOML.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PropertyValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl PropertyValue {
+    pub fn as_config_string(&self) -> String {
+        match self {
+            Self::Text(s) => s.clone(),
+            Self::Integer(i) => i.to_string(),
+            Self::Float(f) => f.to_string(),
+            Self::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for PropertyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_config_string())
+    }
+}
+
+impl Serialize for PropertyValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_config_string())
+    }
+}
+
+/// librdkafka properties whose values are secrets.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password")
+        || k.contains("secret")
+        || k.ends_with(".pem")
+        || k == "sasl.oauthbearer.config"
+        || k == "sasl.jaas.config"
+}
+
+/// A list of every problem found while loading configuration.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem{}):",
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(problem: impl Into<String>) -> Self {
+        Self {
+            problems: vec![problem.into()],
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the file (`path`, or [`DEFAULT_PATH`] if it exists), then the
+    /// environment; rejects unknown keys and validates everything at once.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let file: Option<PathBuf> = match path {
+            Some(p) if !p.exists() => {
+                return Err(ConfigError::one(format!(
+                    "config file {} does not exist",
+                    p.display()
+                )))
+            }
+            Some(p) => Some(p.to_owned()),
+            None => Some(PathBuf::from(DEFAULT_PATH)).filter(|p| p.exists()),
+        };
+        let mut figment = Figment::new();
+        if let Some(file) = &file {
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        Self::from_figment(figment)
+    }
+
+    /// Builds a config from a figment (the file/env layers), rejecting unknown keys.
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let merged: serde_json::Value = figment
+            .extract()
+            .map_err(|e| ConfigError::one(e.to_string()))?;
+        let mut problems = Vec::new();
+        let parsed: Result<Config, _> = serde_ignored::deserialize(merged, |path| {
+            problems.push(format!("unknown key `{path}`"))
+        });
+        match parsed {
+            Ok(config) => {
+                problems.extend(config.problems());
+                if problems.is_empty() {
+                    Ok(config)
+                } else {
+                    Err(ConfigError { problems })
+                }
+            }
+            Err(e) => {
+                problems.push(e.to_string());
+                Err(ConfigError { problems })
+            }
+        }
+    }
+
+    /// Every invariant the values break, as sentences.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let url = self.database.url.expose();
+        if url.is_empty() {
+            p.push("database.url is missing (e.g. postgres://user:pass@127.0.0.1:5432/db)".into());
+        } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            p.push(format!(
+                "database.url must start with postgres:// or postgresql:// (got {})",
+                self.database.url.redacted()
+            ));
+        }
+        for (name, value) in [
+            ("database.schema", &self.database.schema),
+            ("database.table", &self.database.table),
+        ] {
+            if let Err(why) = check_identifier(value) {
+                p.push(format!(
+                    "{name} {value:?} is not a valid SQL identifier: {why}"
+                ));
+            }
+        }
+        if self.database.max_connections < self.relay.concurrency + 1 {
+            p.push(format!(
+                "database.max_connections ({}) must be at least relay.concurrency + 1 ({})",
+                self.database.max_connections,
+                self.relay.concurrency + 1
+            ));
+        }
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            p.push("kafka.bootstrap_servers is missing (e.g. \"127.0.0.1:9092\")".into());
+        }
+        p.extend(producer_guard_problems(&self.kafka.properties));
+        if !(1..=10_000).contains(&self.relay.batch_size) {
+            p.push(format!(
+                "relay.batch_size must be between 1 and 10000 (got {})",
+                self.relay.batch_size
+            ));
+        }
+        if !(1..=64).contains(&self.relay.concurrency) {
+            p.push(format!(
+                "relay.concurrency must be between 1 and 64 (got {})",
+                self.relay.concurrency
+            ));
+        }
+        if self.relay.shutdown_timeout_ms == 0 {
+            p.push("relay.shutdown_timeout_ms must be greater than 0".into());
+        }
+        if self.relay.poll_interval_ms == 0 {
+            p.push("relay.poll_interval_ms must be greater than 0".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            p.push(format!(
+                "log.level {:?} is not a valid filter: {e}",
+                self.log.level
+            ));
+        }
+        p
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut value = toml::Value::try_from(self).expect("config serializes to TOML");
+        if let Some(props) = value
+            .get_mut("kafka")
+            .and_then(|k| k.get_mut("properties"))
+            .and_then(|p| p.as_table_mut())
+        {
+            for (k, v) in props.iter_mut() {
+                if is_secret_property(k) {
+                    *v = toml::Value::String("***".into());
+                }
+            }
+        }
+        toml::to_string_pretty(&value).expect("TOML value prints")
+    }
+}
+
+/// Producer properties that would weaken the delivery guarantee, as problems.
+fn producer_guard_problems(props: &BTreeMap<String, PropertyValue>) -> Vec<String> {
+    let mut p = Vec::new();
+    for (key, value) in props {
+        let v = value.as_config_string().to_ascii_lowercase();
+        let refused = match key.as_str() {
+            "acks" | "request.required.acks" => (v != "all" && v != "-1")
+                .then(|| "the relay always produces with acks=all".to_owned()),
+            "enable.idempotence" => {
+                (v != "true").then(|| "the relay always enables idempotence".to_owned())
+            }
+            "max.in.flight.requests.per.connection" | "max.in.flight" => match v.parse::<u32>() {
+                Ok(n) if (1..=5).contains(&n) => None,
+                _ => Some("idempotence needs a value between 1 and 5".to_owned()),
+            },
+            "retries" | "message.send.max.retries" => {
+                (v == "0").then(|| "idempotence needs retries; leave it to librdkafka".to_owned())
+            }
+            "bootstrap.servers" | "metadata.broker.list" => {
+                Some("set kafka.bootstrap_servers instead".to_owned())
+            }
+            "transactional.id" => {
+                Some("transactions are not used; the outbox row is the transaction".to_owned())
+            }
+            _ => None,
+        };
+        if let Some(why) = refused {
+            p.push(format!(
+                "kafka.properties.\"{key}\" = {:?} is refused: {why}",
+                if is_secret_property(key) {
+                    "***".to_owned()
+                } else {
+                    value.as_config_string()
+                }
+            ));
+        }
+    }
+    p
+}
+
+/// A plain, unquoted-safe SQL identifier: ASCII letter or `_`, then letters, digits or `_`,
+/// at most 63 bytes (Postgres' limit). Identifiers are quoted anyway when used.
+pub fn check_identifier(s: &str) -> Result<(), &'static str> {
+    let mut chars = s.chars();
+    match chars.next() {
+        None => return Err("it is empty"),
+        Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
+            return Err("it must start with a letter or underscore")
+        }
+        _ => {}
+    }
+    if s.len() > 63 {
+        return Err("it is longer than 63 bytes");
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err("only letters, digits and underscores are allowed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(Figment::new().merge(Toml::string(text)))
+    }
+
+    const MINIMAL: &str = r#"
+        [database]
+        url = "postgres://outbox:s3cret@127.0.0.1:5432/outbox"
+        [kafka]
+        bootstrap_servers = "127.0.0.1:9092"
+    "#;
+
+    #[test]
+    fn minimal_config_is_valid_with_defaults() {
+        let c = from_toml(MINIMAL).unwrap();
+        assert_eq!(c.database.table, "outbox");
+        assert_eq!(c.relay.batch_size, 500);
+        assert_eq!(c.headers.source, "outbox-relay");
+    }
+
+    #[test]
+    fn every_problem_is_reported_together() {
+        let err = from_toml(
+            r#"
+            [database]
+            url = "postgres://u:p@h/db"
+            table = "outbox; drop table users"
+            tabel = "x"
+            [relay]
+            batch_size = 0
+            "#,
+        )
+        .unwrap_err();
+        let all = err.to_string();
+        assert!(all.contains("unknown key `database.tabel`"), "{all}");
+        assert!(all.contains("database.table"), "{all}");
+        assert!(all.contains("kafka.bootstrap_servers is missing"), "{all}");
+        assert!(all.contains("relay.batch_size"), "{all}");
+        assert_eq!(err.problems.len(), 4, "{all}");
+    }
+
+    #[test]
+    fn properties_contradicting_acks_all_or_idempotence_are_refused() {
+        let err = from_toml(&format!(
+            "{MINIMAL}\n[kafka.properties]\nacks = 1\n\"enable.idempotence\" = false\n\"linger.ms\" = 5\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(err.to_string().contains("acks=all"));
+        assert!(err.to_string().contains("idempotence"));
+        assert!(from_toml(&format!("{MINIMAL}\n[kafka.properties]\nacks = \"all\"\n")).is_ok());
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_or_redacted_toml() {
+        let mut c = from_toml(MINIMAL).unwrap();
+        c.kafka.properties.insert(
+            "sasl.password".into(),
+            PropertyValue::Text("hunter2".into()),
+        );
+        let debug = format!("{c:?}");
+        let toml = c.to_redacted_toml();
+        for out in [&debug, &toml] {
+            assert!(!out.contains("s3cret"), "{out}");
+            assert!(out.contains("outbox:***@127.0.0.1"), "{out}");
+        }
+        assert!(!toml.contains("hunter2"), "{toml}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("OUTBOX_RELAY__KAFKA__BOOTSTRAP_SERVERS", "10.0.0.1:9092");
+            jail.set_env("OUTBOX_RELAY__RELAY__BATCH_SIZE", "42");
+            let f = Figment::new()
+                .merge(Toml::string(MINIMAL))
+                .merge(Env::prefixed(ENV_PREFIX).split("__"));
+            let c = Config::from_figment(f).unwrap();
+            assert_eq!(c.kafka.bootstrap_servers, "10.0.0.1:9092");
+            assert_eq!(c.relay.batch_size, 42);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn identifiers_reject_injection_and_accept_plain_names() {
+        assert!(check_identifier("outbox_2").is_ok());
+        assert!(check_identifier("_private").is_ok());
+        for bad in ["", "1abc", "a-b", "a\"b", "x; drop", &"a".repeat(64)] {
+            assert!(check_identifier(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn url_redaction_keeps_user_and_host() {
+        assert_eq!(redact_url("postgres://u:p@h:5/d"), "postgres://u:***@h:5/d");
+        assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+        assert_eq!(redact_url("postgres://h/d?x=@"), "postgres://h/d?x=@");
+    }
+}

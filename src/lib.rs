@@ -1,0 +1,19 @@
+//! outbox-relay: delivers rows of a Postgres outbox table to Kafka, marking each one delivered
+//! only when Kafka has acknowledged it with `acks=all`.
+//!
+//! The data's path, one module per step:
+//! - [`config`] — layered configuration, validation, redaction.
+//! - [`outbox`] — the table: migrations, claim (`FOR UPDATE SKIP LOCKED`), mark, reschedule, park.
+//! - [`produce`] — the idempotent `acks=all` producer, record building, Kafka error classes.
+//! - [`relay`] — the loop tying them together in concurrent batch transactions.
+//! - [`shutdown`] — SIGTERM/SIGINT → drain, second signal → exit.
+//! - [`telemetry`] — logs.
+//! - [`cli`] — the `outbox-relay` subcommands.
+
+pub mod cli;
+pub mod config;
+pub mod outbox;
+pub mod produce;
+pub mod relay;
+pub mod shutdown;
+pub mod telemetry;

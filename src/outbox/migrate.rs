@@ -1,0 +1,66 @@
+//! Embedded migrations, run with sqlx's migrator.
+//!
+//! The SQL files in `migrations/` name the table through `${qualified}` (`"schema"."table"`)
+//! and `${table}` (the bare name, for index names); both are filled in with the configured,
+//! validated names. sqlx keeps its ledger (`_sqlx_migrations`) in the
+//! outbox's own schema, so one schema holds one outbox table.
+
+use std::borrow::Cow;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{Connection, Executor, PgConnection};
+
+use super::TableName;
+
+/// `(version, description, sql)` of each migration, in order.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "create outbox",
+    include_str!("../../migrations/0001_create_outbox.sql"),
+)];
+
+/// Creates the schema if needed and applies pending migrations; returns how many ran.
+pub async fn migrate(url: &str, table: &TableName) -> Result<usize, sqlx::Error> {
+    let mut conn = PgConnection::connect(url).await?;
+    let schema = format!("\"{}\"", table.schema());
+    conn.execute(format!("CREATE SCHEMA IF NOT EXISTS {schema}").as_str())
+        .await?;
+    conn.execute(format!("SET search_path TO {schema}").as_str())
+        .await?;
+
+    let migrations: Vec<Migration> = MIGRATIONS
+        .iter()
+        .map(|(version, description, sql)| {
+            let sql = sql
+                .replace("${qualified}", &table.qualified())
+                .replace("${table}", table.table());
+            Migration::new(
+                *version,
+                Cow::Borrowed(*description),
+                MigrationType::Simple,
+                Cow::Owned(sql),
+                false,
+            )
+        })
+        .collect();
+    let migrator = Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    };
+    let before = applied(&mut conn).await;
+    migrator
+        .run(&mut conn)
+        .await
+        .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
+    let after = applied(&mut conn).await;
+    conn.close().await?;
+    Ok(after.saturating_sub(before))
+}
+
+async fn applied(conn: &mut PgConnection) -> usize {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(conn)
+        .await
+        .map(|n| n as usize)
+        .unwrap_or(0)
+}

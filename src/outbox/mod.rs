@@ -1,0 +1,43 @@
+//! The outbox table: migrations, and the SQL that claims, marks and reschedules rows.
+//!
+//! Every statement is built once at start-up from the validated, quoted table name.
+
+mod migrate;
+mod store;
+
+pub use migrate::migrate;
+pub use store::{ClaimedRow, Delivered, Failed, Outbox, StoreError};
+
+use crate::config::check_identifier;
+
+/// A schema-qualified table name, validated and quoted.
+#[derive(Debug, Clone)]
+pub struct TableName {
+    schema: String,
+    table: String,
+}
+
+impl TableName {
+    /// Validates both parts as plain SQL identifiers.
+    pub fn new(schema: &str, table: &str) -> Result<Self, String> {
+        check_identifier(schema).map_err(|why| format!("schema {schema:?}: {why}"))?;
+        check_identifier(table).map_err(|why| format!("table {table:?}: {why}"))?;
+        Ok(Self {
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+        })
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// `"schema"."table"`
+    pub fn qualified(&self) -> String {
+        format!("\"{}\".\"{}\"", self.schema, self.table)
+    }
+}

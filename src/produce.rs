@@ -1,0 +1,276 @@
+//! The Kafka producer: built with `acks=all` and idempotence, fed claimed rows, and the single
+//! place where Kafka errors are classified into what the relay must do.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+
+use crate::config::{HeadersConfig, KafkaConfig};
+use crate::outbox::ClaimedRow;
+
+/// What the relay does about a failed row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Try this row again later; it costs an attempt.
+    Retry,
+    /// It can never succeed: park it now with the reason.
+    Park,
+    /// Not the row's fault (Kafka unreachable, authentication): pause, cost nothing.
+    Outage,
+}
+
+/// Classifies a Kafka error once, at this boundary.
+///
+/// | error | disposition |
+/// |---|---|
+/// | message too large, invalid record/message/timestamp, invalid topic, record list too large | Park |
+/// | all brokers down, authentication/authorization, SSL, broker transport failures | Outage |
+/// | anything else (timeouts, not enough replicas, leader changes, unknown topic) | Retry |
+///
+/// A `Retry` while Kafka does not answer a metadata request is turned into `Outage` by the
+/// relay, so a broker outage that surfaces as message timeouts burns no attempts.
+pub fn classify(err: &KafkaError) -> Disposition {
+    use RDKafkaErrorCode as C;
+    let Some(code) = err.rdkafka_error_code() else {
+        return match err {
+            KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => Disposition::Outage,
+            _ => Disposition::Retry,
+        };
+    };
+    match code {
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidMessage
+        | C::InvalidRecord
+        | C::InvalidTimestamp
+        | C::InvalidTopic
+        | C::InvalidArgument
+        | C::MessageBatchTooLarge
+        | C::UnsupportedForMessageFormat => Disposition::Park,
+        C::AllBrokersDown
+        | C::Authentication
+        | C::SaslAuthenticationFailed
+        | C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::SSL
+        | C::Fatal => Disposition::Outage,
+        _ => Disposition::Retry,
+    }
+}
+
+/// librdkafka settings for the relay's producer: our defaults, then the pass-through
+/// properties, then the guarded invariants (which config validation already checked).
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", &kafka.client_id)
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4");
+    for (k, v) in &kafka.properties {
+        c.set(k, v.as_config_string());
+    }
+    c.set("acks", "all").set("enable.idempotence", "true");
+    c
+}
+
+/// Why a row was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// Kafka (or librdkafka) refused or lost the record.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The row itself cannot make a record.
+    #[error("{0}")]
+    BadRow(String),
+}
+
+impl ProduceError {
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            Self::Kafka(e) => classify(e),
+            Self::BadRow(_) => Disposition::Park,
+        }
+    }
+}
+
+/// Where Kafka put an acknowledged record (partition, offset), or why it did not.
+pub type DeliveryOutcome = Result<(i32, i64), ProduceError>;
+
+/// The relay's producer.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+    headers: HeadersConfig,
+    metadata_timeout: Duration,
+}
+
+impl Producer {
+    pub fn new(kafka: &KafkaConfig, headers: &HeadersConfig) -> Result<Self, KafkaError> {
+        Ok(Self {
+            inner: client_config(kafka).create()?,
+            headers: headers.clone(),
+            metadata_timeout: Duration::from_millis(kafka.metadata_timeout_ms),
+        })
+    }
+
+    /// Does Kafka answer a metadata request? (Blocking call run off the async threads.)
+    pub async fn probe(&self) -> Result<(), KafkaError> {
+        let producer = self.inner.clone();
+        let timeout = self.metadata_timeout;
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .and_then(|m| {
+                    if m.brokers().is_empty() {
+                        Err(KafkaError::MetadataFetch(RDKafkaErrorCode::AllBrokersDown))
+                    } else {
+                        Ok(())
+                    }
+                })
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+    }
+
+    /// Produces every row (in order) and waits for all delivery reports; the outcomes are in
+    /// the rows' order.
+    pub async fn produce_all(&self, rows: &[ClaimedRow]) -> Vec<DeliveryOutcome> {
+        enum Pending {
+            InFlight(DeliveryFuture),
+            Failed(ProduceError),
+        }
+        let mut pending = Vec::with_capacity(rows.len());
+        for row in rows {
+            pending.push(match self.enqueue(row).await {
+                Ok(future) => Pending::InFlight(future),
+                Err(e) => Pending::Failed(e),
+            });
+        }
+        join_all(pending.into_iter().map(|p| async move {
+            match p {
+                Pending::Failed(e) => Err(e),
+                Pending::InFlight(future) => match future.await {
+                    Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+                    Ok(Err((e, _))) => Err(e.into()),
+                    Err(_canceled) => Err(KafkaError::Canceled.into()),
+                },
+            }
+        }))
+        .await
+    }
+
+    /// Hands one row to librdkafka, waiting while its queue is full.
+    async fn enqueue(&self, row: &ClaimedRow) -> Result<DeliveryFuture, ProduceError> {
+        let headers = self.headers_for(row)?;
+        let mut record = FutureRecord::to(&row.topic)
+            .payload(row.payload.as_bytes())
+            .headers(headers)
+            .timestamp(row.created_at.timestamp_millis());
+        if let Some(key) = &row.key {
+            record = record.key(key.as_bytes());
+        }
+        loop {
+            match self.inner.send_result(record) {
+                Ok(future) => return Ok(future),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// `event_id`, then the default `source` and `version` (unless the row sets them), then the
+    /// row's own headers.
+    fn headers_for(&self, row: &ClaimedRow) -> Result<OwnedHeaders, ProduceError> {
+        let own: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&row.headers)
+            .map_err(|_| ProduceError::BadRow("headers must be a JSON object".into()))?;
+        let event_id = row.event_id.hyphenated().to_string();
+        let mut headers = OwnedHeaders::new_with_capacity(3 + own.len()).insert(Header {
+            key: "event_id",
+            value: Some(event_id.as_bytes()),
+        });
+        for (name, value) in [
+            ("source", &self.headers.source),
+            ("version", &self.headers.version),
+        ] {
+            if !own.contains_key(name) {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_bytes()),
+                });
+            }
+        }
+        for (name, value) in &own {
+            let Some(value) = value.as_str() else {
+                return Err(ProduceError::BadRow(format!(
+                    "header {name:?} must be a string, not {value}"
+                )));
+            };
+            if name != "event_id" {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_bytes()),
+                });
+            }
+        }
+        Ok(headers)
+    }
+
+    /// Waits up to `timeout` for everything queued to be acknowledged.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.flush(Timeout::After(timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PropertyValue;
+
+    #[test]
+    fn classification_table_is_what_the_docs_say() {
+        use RDKafkaErrorCode as C;
+        let cases = [
+            (C::MessageSizeTooLarge, Disposition::Park),
+            (C::InvalidRecord, Disposition::Park),
+            (C::InvalidTopic, Disposition::Park),
+            (C::AllBrokersDown, Disposition::Outage),
+            (C::SaslAuthenticationFailed, Disposition::Outage),
+            (C::TopicAuthorizationFailed, Disposition::Outage),
+            (C::MessageTimedOut, Disposition::Retry),
+            (C::RequestTimedOut, Disposition::Retry),
+            (C::NotEnoughReplicas, Disposition::Retry),
+            (C::UnknownTopicOrPartition, Disposition::Retry),
+        ];
+        for (code, want) in cases {
+            assert_eq!(
+                classify(&KafkaError::MessageProduction(code)),
+                want,
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn producer_always_runs_with_acks_all_and_idempotence() {
+        let mut kafka = KafkaConfig {
+            bootstrap_servers: "127.0.0.1:1".into(),
+            ..KafkaConfig::default()
+        };
+        kafka
+            .properties
+            .insert("linger.ms".into(), PropertyValue::Integer(20));
+        let c = client_config(&kafka);
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("linger.ms"), Some("20"));
+    }
+}

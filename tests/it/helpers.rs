@@ -4,7 +4,7 @@
 //! `OUTBOX_TEST_DATABASE_URL` and `OUTBOX_TEST_KAFKA` point elsewhere if needed.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -275,7 +275,7 @@ pub fn event_id_counts(records: &[Consumed]) -> HashMap<String, usize> {
 }
 
 /// The relay binary, started with a config file; stderr goes to `log`.
-pub fn spawn_relay_binary(config: &PathBuf, log: &PathBuf) -> Child {
+pub fn spawn_relay_binary(config: &Path, log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
         .args(["--config", config.to_str().unwrap(), "run"])
         .env("RUST_LOG", "info")

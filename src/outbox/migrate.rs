@@ -13,11 +13,23 @@ use sqlx::{Connection, Executor, PgConnection};
 use super::TableName;
 
 /// `(version, description, sql)` of each migration, in order.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "create outbox",
-    include_str!("../../migrations/0001_create_outbox.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "create outbox",
+        include_str!("../../migrations/0001_create_outbox.sql"),
+    ),
+    (
+        2,
+        "serialization overrides",
+        include_str!("../../migrations/0002_serialization_overrides.sql"),
+    ),
+    (
+        3,
+        "failure bookkeeping",
+        include_str!("../../migrations/0003_failure_bookkeeping.sql"),
+    ),
+];
 
 /// Creates the schema if needed and applies pending migrations; returns how many ran.
 pub async fn migrate(url: &str, table: &TableName) -> Result<usize, sqlx::Error> {

@@ -14,3 +14,8 @@ CREATE INDEX "${table}_holding_idx" ON ${qualified} (topic, key, id)
 
 -- Operators list and replay parked rows; keep that cheap however many rows were delivered.
 CREATE INDEX "${table}_parked_idx" ON ${qualified} (id) WHERE status = 'parked';
+
+-- "Is an earlier row of this key backing off after a failure?" Only rows that failed at least
+-- once are in this index, so the claim's check stays an index probe into a tiny index.
+CREATE INDEX "${table}_backoff_idx" ON ${qualified} (topic, key, id)
+    WHERE status = 'pending' AND attempts > 0 AND key IS NOT NULL;

@@ -4,7 +4,10 @@
 //! The data's path, one module per step:
 //! - [`config`] — layered configuration, validation, redaction.
 //! - [`outbox`] — the table: migrations, claim (`FOR UPDATE SKIP LOCKED`), mark, reschedule, park.
+//! - [`serialize`] — row → record bytes: raw JSON, or Avro / JSON Schema / Protobuf through the
+//!   Schema Registry in Confluent wire format.
 //! - [`produce`] — the idempotent `acks=all` producer, record building, Kafka error classes.
+//! - [`retry`] — the pure retry policy (exponential backoff with jitter, max attempts).
 //! - [`relay`] — the loop tying them together in concurrent batch transactions.
 //! - [`shutdown`] — SIGTERM/SIGINT → drain, second signal → exit.
 //! - [`telemetry`] — logs.
@@ -15,5 +18,7 @@ pub mod config;
 pub mod outbox;
 pub mod produce;
 pub mod relay;
+pub mod retry;
+pub mod serialize;
 pub mod shutdown;
 pub mod telemetry;

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use futures::future::join_all;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -12,6 +11,7 @@ use rdkafka::util::Timeout;
 
 use crate::config::{HeadersConfig, KafkaConfig};
 use crate::outbox::ClaimedRow;
+use crate::serialize::Encoded;
 
 /// What the relay does about a failed row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,9 +98,6 @@ impl ProduceError {
     }
 }
 
-/// Where Kafka put an acknowledged record (partition, offset), or why it did not.
-pub type DeliveryOutcome = Result<(i32, i64), ProduceError>;
-
 /// The relay's producer.
 #[derive(Clone)]
 pub struct Producer {
@@ -138,42 +135,85 @@ impl Producer {
         .unwrap_or(Err(KafkaError::Canceled))
     }
 
-    /// Produces every row (in order) and waits for all delivery reports; the outcomes are in
-    /// the rows' order.
-    pub async fn produce_all(&self, rows: &[ClaimedRow]) -> Vec<DeliveryOutcome> {
-        enum Pending {
-            InFlight(DeliveryFuture),
-            Failed(ProduceError),
-        }
-        let mut pending = Vec::with_capacity(rows.len());
-        for row in rows {
-            pending.push(match self.enqueue(row).await {
-                Ok(future) => Pending::InFlight(future),
-                Err(e) => Pending::Failed(e),
+    /// Hands one row's record to librdkafka, waiting while its queue is full. `encoded` holds
+    /// the serialized key and value; where it has none, the row's own key and JSON text are sent.
+    pub async fn enqueue(
+        &self,
+        row: &ClaimedRow,
+        encoded: &Encoded,
+    ) -> Result<DeliveryFuture, ProduceError> {
+        let headers = self.headers_for(row)?;
+        let payload = encoded
+            .value
+            .as_deref()
+            .unwrap_or_else(|| row.payload.as_bytes());
+        let key = encoded
+            .key
+            .as_deref()
+            .or_else(|| row.key.as_deref().map(str::as_bytes));
+        self.send(&row.topic, key, payload, headers, row.created_at.timestamp_millis())
+            .await
+    }
+
+    /// A copy of a parked row for its topic's dead-letter topic: the row's key and JSON text,
+    /// with `event_id`, then `outbox.topic`, `outbox.id`, `outbox.error` and `outbox.attempts`,
+    /// then the row's own headers.
+    pub async fn enqueue_dead_letter(
+        &self,
+        dead_letter_topic: &str,
+        row: &ClaimedRow,
+        reason: &str,
+        attempts: i32,
+    ) -> Result<DeliveryFuture, ProduceError> {
+        let own: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&row.headers).unwrap_or_default();
+        let event_id = row.event_id.hyphenated().to_string();
+        let (id, attempts) = (row.id.to_string(), attempts.to_string());
+        let mut headers = OwnedHeaders::new_with_capacity(5 + own.len());
+        for (name, value) in [
+            ("event_id", event_id.as_str()),
+            ("outbox.topic", row.topic.as_str()),
+            ("outbox.id", id.as_str()),
+            ("outbox.error", reason),
+            ("outbox.attempts", attempts.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
             });
         }
-        join_all(pending.into_iter().map(|p| async move {
-            match p {
-                Pending::Failed(e) => Err(e),
-                Pending::InFlight(future) => match future.await {
-                    Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
-                    Ok(Err((e, _))) => Err(e.into()),
-                    Err(_canceled) => Err(KafkaError::Canceled.into()),
-                },
+        for (name, value) in &own {
+            if let (Some(value), false) = (value.as_str(), name == "event_id") {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_bytes()),
+                });
             }
-        }))
+        }
+        self.send(
+            dead_letter_topic,
+            row.key.as_deref().map(str::as_bytes),
+            row.payload.as_bytes(),
+            headers,
+            row.created_at.timestamp_millis(),
+        )
         .await
     }
 
-    /// Hands one row to librdkafka, waiting while its queue is full.
-    async fn enqueue(&self, row: &ClaimedRow) -> Result<DeliveryFuture, ProduceError> {
-        let headers = self.headers_for(row)?;
-        let mut record = FutureRecord::to(&row.topic)
-            .payload(row.payload.as_bytes())
+    async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        timestamp: i64,
+    ) -> Result<DeliveryFuture, ProduceError> {
+        let mut record = FutureRecord::to(topic)
+            .payload(payload)
             .headers(headers)
-            .timestamp(row.created_at.timestamp_millis());
-        if let Some(key) = &row.key {
-            record = record.key(key.as_bytes());
+            .timestamp(timestamp);
+        if let Some(key) = key {
+            record = record.key(key);
         }
         loop {
             match self.inner.send_result(record) {

@@ -4,12 +4,21 @@
 //! (the database password, SASL/SSL passwords in pass-through properties) never reach `Debug`
 //! output, logs or `config check`. The doc comment on each field is the config reference.
 
+mod registry;
+mod topics;
+
+pub use registry::{RegistryConfig, Secret};
+pub use topics::{
+    check_topic_name, Format, KeyFormat, OnParked, RetryConfig, Selection, SubjectStrategy,
+    TopicConfig, TopicPolicies, TopicPolicy,
+};
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format as _, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -25,6 +34,12 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub kafka: KafkaConfig,
     pub relay: RelayConfig,
+    pub registry: RegistryConfig,
+    pub retry: RetryConfig,
+    /// Settings every topic gets unless its own `[topics."name"]` table says otherwise.
+    pub topic_defaults: TopicConfig,
+    /// Per-topic settings, keyed by topic name.
+    pub topics: BTreeMap<String, TopicConfig>,
     pub headers: HeadersConfig,
     pub log: LogConfig,
 }
@@ -94,8 +109,6 @@ pub struct RelayConfig {
     pub concurrency: u32,
     /// Sleep between claims when no row is due, in milliseconds.
     pub poll_interval_ms: u64,
-    /// Delay before a row whose delivery failed is tried again, in milliseconds.
-    pub retry_delay_ms: u64,
     /// On SIGTERM/SIGINT: how long in-flight batches may take to be acknowledged and marked.
     pub shutdown_timeout_ms: u64,
 }
@@ -106,7 +119,6 @@ impl Default for RelayConfig {
             batch_size: 500,
             concurrency: 4,
             poll_interval_ms: 100,
-            retry_delay_ms: 5_000,
             shutdown_timeout_ms: 30_000,
         }
     }
@@ -115,9 +127,6 @@ impl Default for RelayConfig {
 impl RelayConfig {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
-    }
-    pub fn retry_delay(&self) -> Duration {
-        Duration::from_millis(self.retry_delay_ms)
     }
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
@@ -389,6 +398,41 @@ impl Config {
         if self.relay.poll_interval_ms == 0 {
             p.push("relay.poll_interval_ms must be greater than 0".into());
         }
+        self.registry.problems(&mut p);
+        self.retry.problems(&mut p);
+        let registry = self.registry.is_configured();
+        self.topic_defaults
+            .problems("topic_defaults", registry, &mut p);
+        for (field, set) in [
+            ("schema_id", self.topic_defaults.schema_id.is_some()),
+            ("schema_version", self.topic_defaults.schema_version.is_some()),
+            ("record_name", self.topic_defaults.record_name.is_some()),
+        ] {
+            if set {
+                p.push(format!(
+                    "topic_defaults.{field} is refused: a schema is pinned per topic, in [topics.\"name\"]"
+                ));
+            }
+        }
+        for (name, topic) in &self.topics {
+            let at = format!("topics.{name:?}");
+            if let Err(why) = check_topic_name(name) {
+                p.push(format!("{at}: {why}"));
+            }
+            topic.problems(&at, registry, &mut p);
+            TopicConfig::resolved_problems(
+                &topic.resolve(&self.topic_defaults, &self.retry),
+                &at,
+                &mut p,
+            );
+        }
+        TopicConfig::resolved_problems(
+            &self
+                .topic_defaults
+                .resolve(&TopicConfig::default(), &self.retry),
+            "topic_defaults",
+            &mut p,
+        );
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             p.push(format!(
                 "log.level {:?} is not a valid filter: {e}",
@@ -396,6 +440,11 @@ impl Config {
             ));
         }
         p
+    }
+
+    /// Every topic's resolved settings.
+    pub fn topic_policies(&self) -> TopicPolicies {
+        TopicPolicies::new(&self.topics, &self.topic_defaults, &self.retry)
     }
 
     /// The effective configuration as TOML, secrets redacted.

@@ -6,7 +6,7 @@ mod migrate;
 mod store;
 
 pub use migrate::migrate;
-pub use store::{ClaimedRow, Delivered, Failed, Outbox, StoreError};
+pub use store::{ClaimedRow, Delivered, Failed, Outbox, Parked, StoreError};
 
 use crate::config::check_identifier;
 

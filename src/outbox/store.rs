@@ -40,6 +40,10 @@ pub struct ClaimedRow {
     pub headers: String,
     pub created_at: DateTime<Utc>,
     pub attempts: i32,
+    /// Per-row override of the value's registry subject.
+    pub value_subject: Option<String>,
+    /// Per-row pinned version of `value_subject`.
+    pub value_schema_version: Option<i32>,
 }
 
 /// A row Kafka acknowledged, and where it went.
@@ -50,11 +54,23 @@ pub struct Delivered {
     pub offset: i64,
 }
 
-/// A row whose delivery failed, with a reason a person can read.
+/// A row whose delivery failed and will be tried again after `delay`.
 #[derive(Debug, Clone)]
 pub struct Failed {
     pub id: i64,
+    /// The reason, readable by a person.
     pub error: String,
+    pub delay: Duration,
+}
+
+/// A row that can never succeed as it is.
+#[derive(Debug, Clone)]
+pub struct Parked {
+    pub id: i64,
+    /// The reason, readable by a person.
+    pub error: String,
+    /// Later rows of its key wait for an operator (`on_parked = "hold-key"`).
+    pub holds_key: bool,
 }
 
 /// The outbox table and the statements that act on it.
@@ -89,18 +105,32 @@ impl Outbox {
 
     pub fn with_pool(pool: PgPool, table: TableName) -> Self {
         let t = table.qualified();
-        // Claim due rows in id order. A keyed row is taken only if no earlier pending row of
-        // its key is left out of this claim (locked by another batch or relay, or not yet
-        // due), so one key's rows never travel in two batches at once. The rows left out
-        // stay locked until this transaction ends, which only delays them.
+        // Claim due rows in id order, keeping one key's rows in one lane:
+        // - before the LIMIT, skip rows whose key is blocked: an earlier row of the key backs
+        //   off after a failure, or is parked and holds the key. Both checks probe small
+        //   partial indexes, and blocked rows never fill the batch (no head-of-line blocking
+        //   of other keys);
+        // - after it, take a keyed row only if no earlier pending row of its key is left out of
+        //   this claim (locked by another batch or relay), so one key's rows never travel in
+        //   two batches at once. The rows left out stay locked until this transaction ends,
+        //   which only delays them.
         let claim_sql = format!(
             "WITH cand AS ( \
-                 SELECT id, topic, key FROM {t} \
-                 WHERE status = 'pending' AND next_attempt_at <= now() \
-                 ORDER BY id LIMIT $1 \
+                 SELECT c.id, c.topic, c.key FROM {t} c \
+                 WHERE c.status = 'pending' AND c.next_attempt_at <= now() \
+                   AND (c.key IS NULL OR ( \
+                     NOT EXISTS (SELECT 1 FROM {t} b \
+                         WHERE b.status = 'pending' AND b.attempts > 0 AND b.key IS NOT NULL \
+                           AND b.topic = c.topic AND b.key = c.key AND b.id < c.id \
+                           AND b.next_attempt_at > now()) \
+                     AND NOT EXISTS (SELECT 1 FROM {t} h \
+                         WHERE h.status = 'parked' AND h.holds_key \
+                           AND h.topic = c.topic AND h.key = c.key AND h.id < c.id))) \
+                 ORDER BY c.id LIMIT $1 \
                  FOR UPDATE SKIP LOCKED) \
              SELECT o.id, o.event_id, o.topic, o.key, o.payload::text AS payload, \
-                    o.headers::text AS headers, o.created_at, o.attempts \
+                    o.headers::text AS headers, o.created_at, o.attempts, \
+                    o.value_subject, o.value_schema_version \
              FROM {t} o JOIN cand c ON c.id = o.id \
              WHERE c.key IS NULL OR NOT EXISTS ( \
                  SELECT 1 FROM {t} e \
@@ -116,14 +146,15 @@ impl Outbox {
              WHERE o.id = d.id AND o.status = 'pending'"
         );
         let reschedule_sql = format!(
-            "UPDATE {t} AS o SET attempts = o.attempts + $3, \
-                 next_attempt_at = now() + make_interval(secs => $4), last_error = f.error \
-             FROM unnest($1::bigint[], $2::text[]) AS f(id, error) \
+            "UPDATE {t} AS o SET attempts = o.attempts + 1, \
+                 next_attempt_at = now() + make_interval(secs => f.delay), last_error = f.error \
+             FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS f(id, error, delay) \
              WHERE o.id = f.id AND o.status = 'pending'"
         );
         let park_sql = format!(
-            "UPDATE {t} AS o SET status = 'parked', attempts = o.attempts + 1, last_error = f.error \
-             FROM unnest($1::bigint[], $2::text[]) AS f(id, error) \
+            "UPDATE {t} AS o SET status = 'parked', attempts = o.attempts + 1, \
+                 last_error = f.error, holds_key = f.holds AND o.key IS NOT NULL \
+             FROM unnest($1::bigint[], $2::text[], $3::bool[]) AS f(id, error, holds) \
              WHERE o.id = f.id AND o.status = 'pending'"
         );
         Self {
@@ -182,24 +213,22 @@ impl Outbox {
         Ok(done.rows_affected())
     }
 
-    /// Records a failure and pushes `next_attempt_at` by `delay`. `burn_attempt` is false when
-    /// the fault was not the row's (an outage).
+    /// Records a failure: one more attempt, and `next_attempt_at` pushed by the row's delay.
     pub async fn reschedule(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         rows: &[Failed],
-        delay: Duration,
-        burn_attempt: bool,
     ) -> Result<u64, StoreError> {
         if rows.is_empty() {
             return Ok(0);
         }
-        let (ids, errors) = split_failed(rows);
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
+        let delays: Vec<f64> = rows.iter().map(|r| r.delay.as_secs_f64()).collect();
         let done = sqlx::query(&self.reschedule_sql)
             .bind(&ids)
             .bind(&errors)
-            .bind(i32::from(burn_attempt))
-            .bind(delay.as_secs_f64())
+            .bind(&delays)
             .execute(&mut **tx)
             .await?;
         Ok(done.rows_affected())
@@ -209,21 +238,20 @@ impl Outbox {
     pub async fn park(
         &self,
         tx: &mut Transaction<'static, Postgres>,
-        rows: &[Failed],
+        rows: &[Parked],
     ) -> Result<u64, StoreError> {
         if rows.is_empty() {
             return Ok(0);
         }
-        let (ids, errors) = split_failed(rows);
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
+        let holds: Vec<bool> = rows.iter().map(|r| r.holds_key).collect();
         let done = sqlx::query(&self.park_sql)
             .bind(&ids)
             .bind(&errors)
+            .bind(&holds)
             .execute(&mut **tx)
             .await?;
         Ok(done.rows_affected())
     }
-}
-
-fn split_failed(rows: &[Failed]) -> (Vec<i64>, Vec<&str>) {
-    rows.iter().map(|r| (r.id, r.error.as_str())).unzip()
 }

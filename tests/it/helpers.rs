@@ -78,7 +78,6 @@ impl TestOutbox {
                 batch_size: 200,
                 concurrency: 4,
                 poll_interval_ms: 20,
-                retry_delay_ms: 500,
                 shutdown_timeout_ms: 20_000,
             },
             ..Config::default()

@@ -1,8 +1,14 @@
-//! The loop: claim → produce → wait for acknowledgements → mark, in concurrent batches.
+//! The loop: claim → serialize → produce → wait for acknowledgements → mark, in concurrent
+//! batches ([`batch`] is one of them).
 //!
 //! Each worker runs one batch at a time in its own transaction, so `concurrency` batches are in
 //! flight at once: one worker's rows travel to Kafka while another claims or marks. On shutdown
 //! the workers stop claiming, finish (produce, wait, mark, commit) the batch in hand, and exit.
+//!
+//! Outages are not the rows' fault: while Kafka, Postgres or the Schema Registry does not
+//! answer, workers claim nothing, back off (200 ms → 10 s, jitter), and resume by themselves.
+
+mod batch;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,9 +20,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, RelayConfig};
-use crate::outbox::{Delivered, Failed, Outbox, StoreError};
-use crate::produce::{Disposition, Producer};
+use crate::config::{Config, RelayConfig, RegistryConfig, TopicPolicies};
+use crate::outbox::{Outbox, StoreError};
+use crate::produce::Producer;
+use crate::serialize::registry::RegistryError;
+use crate::serialize::Serializer;
 
 /// Why the relay could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -25,20 +33,13 @@ pub enum RelayError {
     Store(#[from] StoreError),
     #[error("cannot create the Kafka producer: {0}")]
     Producer(#[from] rdkafka::error::KafkaError),
+    #[error("Schema Registry: {0}")]
+    Registry(String),
     #[error(
         "shutdown bound of {0:?} exceeded with {1} batch(es) in flight; their rows stay pending \
          and will be produced again (duplicates carry the same event_id)"
     )]
     ShutdownTimedOut(Duration, usize),
-}
-
-/// What one batch ended in, when it did not end normally.
-#[derive(Debug, thiserror::Error)]
-enum BatchError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("Kafka is unreachable")]
-    KafkaOutage,
 }
 
 /// Counts since start, for logs and (later) metrics.
@@ -47,6 +48,10 @@ pub struct Counters {
     pub delivered: AtomicU64,
     pub retried: AtomicU64,
     pub parked: AtomicU64,
+    /// Parked rows copied to a dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Rows acknowledged after an earlier row of their key failed in the same batch.
+    pub out_of_order: AtomicU64,
 }
 
 /// A relay over one outbox table.
@@ -57,9 +62,13 @@ pub struct Relay {
 struct Shared {
     outbox: Outbox,
     producer: Producer,
+    serializer: Serializer,
+    policies: TopicPolicies,
     config: RelayConfig,
+    registry_config: RegistryConfig,
     bootstrap: String,
     kafka_down: AtomicBool,
+    registry_down: AtomicBool,
     probe_lock: Mutex<()>,
     counters: Counters,
 }
@@ -69,13 +78,18 @@ impl Relay {
     pub fn new(config: &Config) -> Result<Self, RelayError> {
         let outbox = Outbox::connect_lazy(&config.database, config.database.max_connections)?;
         let producer = Producer::new(&config.kafka, &config.headers)?;
+        let serializer = Serializer::new(config).map_err(RelayError::Registry)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 outbox,
                 producer,
+                serializer,
+                policies: config.topic_policies(),
                 config: config.relay.clone(),
+                registry_config: config.registry.clone(),
                 bootstrap: config.kafka.bootstrap_servers.clone(),
                 kafka_down: AtomicBool::new(true),
+                registry_down: AtomicBool::new(false),
                 probe_lock: Mutex::new(()),
                 counters: Counters::default(),
             }),
@@ -91,6 +105,9 @@ impl Relay {
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), RelayError> {
         let table = self.shared.outbox.table().qualified();
         info!(%table, bootstrap = %self.shared.bootstrap, "relay starting");
+        if !self.shared.auto_register(&shutdown).await? {
+            return Ok(());
+        }
         let mut workers = JoinSet::new();
         for worker in 0..self.shared.config.concurrency {
             let shared = Arc::clone(&self.shared);
@@ -122,6 +139,8 @@ impl Relay {
             delivered = c.delivered.load(Ordering::Relaxed),
             retried = c.retried.load(Ordering::Relaxed),
             parked = c.parked.load(Ordering::Relaxed),
+            dead_lettered = c.dead_lettered.load(Ordering::Relaxed),
+            out_of_order = c.out_of_order.load(Ordering::Relaxed),
             "relay stopped"
         );
         Ok(())
@@ -146,57 +165,99 @@ async fn sleep_unless_cancelled(d: Duration, shutdown: &CancellationToken) -> bo
     }
 }
 
+/// A service the relay cannot work without.
+#[derive(Debug, Clone, Copy)]
+enum Dependency {
+    Kafka,
+    Registry,
+}
+
 impl Shared {
     async fn work(&self, worker: u32, shutdown: CancellationToken) {
         let mut db_delays = outage_backoff();
         while !shutdown.is_cancelled() {
-            if !self.wait_for_kafka(&shutdown).await {
+            if !self.wait_for(Dependency::Kafka, &shutdown).await
+                || !self.wait_for(Dependency::Registry, &shutdown).await
+            {
                 break;
             }
             match self.run_batch().await {
-                Ok(0) => {
+                Ok(outcome) => {
                     db_delays = outage_backoff();
-                    sleep_unless_cancelled(self.config.poll_interval(), &shutdown).await;
+                    if outcome.kafka_outage {
+                        self.kafka_down.store(true, Ordering::SeqCst);
+                    }
+                    if let Some(why) = outcome.registry_outage {
+                        if !self.registry_down.swap(true, Ordering::SeqCst) {
+                            warn!(worker, error = %why,
+                                "Schema Registry unavailable; nothing is claimed until it answers");
+                        }
+                    }
+                    if outcome.claimed == 0 {
+                        sleep_unless_cancelled(self.config.poll_interval(), &shutdown).await;
+                    }
                 }
-                Ok(_) => db_delays = outage_backoff(),
-                Err(BatchError::Store(e)) => {
+                Err(e) => {
                     let delay = db_delays.next().unwrap_or(Duration::from_secs(10));
                     warn!(worker, error = %e, retry_in = ?delay,
                         "Postgres unavailable; no row was touched, retrying");
                     sleep_unless_cancelled(delay, &shutdown).await;
-                }
-                Err(BatchError::KafkaOutage) => {
-                    self.kafka_down.store(true, Ordering::SeqCst);
                 }
             }
         }
         debug!(worker, "worker stopped");
     }
 
-    /// While Kafka is marked down, probes it with backoff; no row is claimed meanwhile.
+    fn down_flag(&self, dependency: Dependency) -> &AtomicBool {
+        match dependency {
+            Dependency::Kafka => &self.kafka_down,
+            Dependency::Registry => &self.registry_down,
+        }
+    }
+
+    async fn probe(&self, dependency: Dependency) -> Result<(), String> {
+        match dependency {
+            Dependency::Kafka => self.producer.probe().await.map_err(|e| e.to_string()),
+            Dependency::Registry => match self.serializer.registry() {
+                Some(registry) => registry.probe().await.map_err(|e| e.to_string()),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// While `dependency` is marked down, probes it with backoff; no row is claimed meanwhile.
     /// Returns false if shutdown came first.
-    async fn wait_for_kafka(&self, shutdown: &CancellationToken) -> bool {
-        if !self.kafka_down.load(Ordering::SeqCst) {
+    async fn wait_for(&self, dependency: Dependency, shutdown: &CancellationToken) -> bool {
+        let down = self.down_flag(dependency);
+        if !down.load(Ordering::SeqCst) {
             return true;
         }
         let _one_prober = self.probe_lock.lock().await;
         let mut delays = outage_backoff();
         let mut failures = 0u32;
-        while self.kafka_down.load(Ordering::SeqCst) {
-            match self.producer.probe().await {
+        let target = match dependency {
+            Dependency::Kafka => self.bootstrap.clone(),
+            Dependency::Registry => self.registry_config.url.clone(),
+        };
+        while down.load(Ordering::SeqCst) {
+            match self.probe(dependency).await {
                 Ok(()) => {
-                    if failures > 0 {
-                        info!(bootstrap = %self.bootstrap, "Kafka answers again; resuming");
+                    if failures > 0 || matches!(dependency, Dependency::Registry) {
+                        info!(?dependency, %target, "answers again; resuming");
                     } else {
-                        debug!(bootstrap = %self.bootstrap, "Kafka answers");
+                        debug!(?dependency, %target, "answers");
                     }
-                    self.kafka_down.store(false, Ordering::SeqCst);
+                    down.store(false, Ordering::SeqCst);
                 }
                 Err(e) => {
                     failures += 1;
                     let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                    warn!(bootstrap = %self.bootstrap, error = %e, retry_in = ?delay,
-                        "Kafka not reachable; nothing is claimed until it answers");
+                    let what = match dependency {
+                        Dependency::Kafka => "Kafka not reachable",
+                        Dependency::Registry => "Schema Registry not reachable",
+                    };
+                    warn!(%target, error = %e, retry_in = ?delay,
+                        "{what}; nothing is claimed until it answers");
                     if !sleep_unless_cancelled(delay, shutdown).await {
                         return false;
                     }
@@ -206,84 +267,38 @@ impl Shared {
         true
     }
 
-    /// One transaction: claim, produce, wait for every delivery report, mark, commit.
-    async fn run_batch(&self) -> Result<usize, BatchError> {
-        let mut tx = self.outbox.begin().await?;
-        let rows = self.outbox.claim(&mut tx, self.config.batch_size).await?;
-        if rows.is_empty() {
-            tx.commit().await.map_err(StoreError::from)?;
-            return Ok(0);
-        }
-        let outcomes = self.producer.produce_all(&rows).await;
-
-        let mut delivered = Vec::with_capacity(rows.len());
-        let (mut retry, mut park, mut outage) = (Vec::new(), Vec::new(), Vec::new());
-        for (row, outcome) in rows.iter().zip(outcomes) {
-            match outcome {
-                Ok((partition, offset)) => delivered.push(Delivered {
-                    id: row.id,
-                    partition,
-                    offset,
-                }),
-                Err(e) => {
-                    let failed = Failed {
-                        id: row.id,
-                        error: e.to_string(),
-                    };
-                    let disposition = e.disposition();
-                    warn!(id = row.id, event_id = %row.event_id, topic = %row.topic,
-                        attempts = row.attempts, ?disposition, error = %failed.error,
-                        "delivery failed");
-                    match disposition {
-                        Disposition::Retry => retry.push(failed),
-                        Disposition::Park => park.push(failed),
-                        Disposition::Outage => outage.push(failed),
+    /// Registers `registry.schemas_dir` when `registry.auto_register` is on, waiting out a
+    /// registry that does not answer yet. Returns false if shutdown came first.
+    async fn auto_register(&self, shutdown: &CancellationToken) -> Result<bool, RelayError> {
+        let (true, Some(registry)) = (self.registry_config.auto_register, self.serializer.registry())
+        else {
+            return Ok(true);
+        };
+        let dir = &self.registry_config.schemas_dir;
+        let mut delays = outage_backoff();
+        loop {
+            match registry.register_dir(dir).await {
+                Ok(registered) => {
+                    for (subject, id) in &registered {
+                        info!(%subject, id, "schema registered");
+                    }
+                    return Ok(true);
+                }
+                Err(RegistryError::Outage(why)) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                    warn!(error = %why, retry_in = ?delay,
+                        "Schema Registry not reachable; schemas not registered yet");
+                    if !sleep_unless_cancelled(delay, shutdown).await {
+                        return Ok(false);
                     }
                 }
+                Err(RegistryError::Refused(why)) => {
+                    return Err(RelayError::Registry(format!(
+                        "auto-registration from {} failed: {why}",
+                        dir.display()
+                    )))
+                }
             }
-        }
-        // A timeout while no broker answers is the cluster's fault, not the row's.
-        if !retry.is_empty() && self.producer.probe().await.is_err() {
-            outage.append(&mut retry);
-        }
-
-        let marked = self.outbox.mark_delivered(&mut tx, &delivered).await?;
-        if marked != delivered.len() as u64 {
-            error!(
-                acknowledged = delivered.len(),
-                marked,
-                "rows marked delivered differ from rows Kafka acknowledged; \
-                 acknowledged rows that were no longer pending were left as they are"
-            );
-        }
-        self.outbox
-            .reschedule(&mut tx, &retry, self.config.retry_delay(), true)
-            .await?;
-        self.outbox.park(&mut tx, &park).await?;
-        if let Err(e) = tx.commit().await {
-            error!(error = %e, acknowledged = delivered.len(),
-                "could not record acknowledged rows; they stay pending and will be produced \
-                 again (duplicates carry the same event_id)");
-            return Err(StoreError::from(e).into());
-        }
-
-        let c = &self.counters;
-        c.delivered
-            .fetch_add(delivered.len() as u64, Ordering::Relaxed);
-        c.retried.fetch_add(retry.len() as u64, Ordering::Relaxed);
-        c.parked.fetch_add(park.len() as u64, Ordering::Relaxed);
-        debug!(
-            claimed = rows.len(),
-            delivered = delivered.len(),
-            retried = retry.len(),
-            parked = park.len(),
-            outage = outage.len(),
-            "batch done"
-        );
-        if outage.is_empty() {
-            Ok(rows.len())
-        } else {
-            Err(BatchError::KafkaOutage)
         }
     }
 }

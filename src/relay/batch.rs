@@ -1,0 +1,279 @@
+//! One batch, in one transaction: claim → serialize → produce → wait for every delivery
+//! report → mark delivered / reschedule / park → commit.
+//!
+//! Per-key order inside a batch: rows are handed to Kafka in id order, and once a row of a key
+//! fails before reaching Kafka (unserializable, refused by librdkafka) or is held back (registry
+//! outage), the later rows of that key in this batch are not handed over either: they stay
+//! pending, untouched, and the claim's key rules decide when they go.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::future::join_all;
+use tracing::{debug, error, warn};
+
+use super::Shared;
+use crate::config::OnParked;
+use crate::outbox::{ClaimedRow, Delivered, Failed, Parked, StoreError};
+use crate::produce::{Disposition, ProduceError};
+use crate::retry::{jitter_unit, RetryDecision};
+use crate::serialize::SerializeError;
+
+/// How long a batch waits for the dead-letter copies of its parked rows.
+const DEAD_LETTER_WAIT: Duration = Duration::from_secs(10);
+
+/// What a batch ended in.
+#[derive(Debug, Default)]
+pub(super) struct BatchOutcome {
+    pub(super) claimed: usize,
+    /// Kafka did not answer: the rows it concerned were left untouched.
+    pub(super) kafka_outage: bool,
+    /// The registry did not answer: the rows from there on were left untouched.
+    pub(super) registry_outage: Option<String>,
+}
+
+/// A row that did not make it, and what to do about it.
+struct Failure {
+    index: usize,
+    reason: String,
+    disposition: Disposition,
+}
+
+impl Shared {
+    pub(super) async fn run_batch(&self) -> Result<BatchOutcome, StoreError> {
+        let mut tx = self.outbox.begin().await?;
+        let rows = self.outbox.claim(&mut tx, self.config.batch_size).await?;
+        if rows.is_empty() {
+            tx.commit().await.map_err(StoreError::from)?;
+            return Ok(BatchOutcome::default());
+        }
+        let mut outcome = BatchOutcome {
+            claimed: rows.len(),
+            ..BatchOutcome::default()
+        };
+
+        // 1. Serialize and hand to librdkafka in id order.
+        let mut in_flight = Vec::with_capacity(rows.len());
+        let mut failures: Vec<Failure> = Vec::new();
+        let mut blocked: HashSet<(&str, &str)> = HashSet::new();
+        let mut untouched = 0usize;
+        for (index, row) in rows.iter().enumerate() {
+            let key = row.key.as_deref().map(|k| (row.topic.as_str(), k));
+            if outcome.registry_outage.is_some() || key.is_some_and(|k| blocked.contains(&k)) {
+                untouched += 1;
+                continue;
+            }
+            let policy = self.policies.get(&row.topic);
+            let sent = match self.serializer.serialize(row, policy).await {
+                Ok(encoded) => self.producer.enqueue(row, &encoded).await,
+                Err(SerializeError::Outage(why)) => {
+                    // Not the row's fault; and asking again for the next rows would only
+                    // hammer a registry that is away.
+                    outcome.registry_outage = Some(why);
+                    untouched += 1;
+                    continue;
+                }
+                Err(SerializeError::Poison(why)) => Err(ProduceError::BadRow(why)),
+            };
+            match sent {
+                Ok(delivery) => in_flight.push((index, delivery)),
+                Err(e) => {
+                    if let Some(k) = key {
+                        blocked.insert(k);
+                    }
+                    failures.push(Failure {
+                        index,
+                        disposition: e.disposition(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+
+        // 2. Wait for every delivery report.
+        let reports = join_all(in_flight.into_iter().map(|(index, delivery)| async move {
+            let result = match delivery.await {
+                Ok(Ok(d)) => Ok((d.partition, d.offset)),
+                Ok(Err((e, _))) => Err(ProduceError::from(e)),
+                Err(_canceled) => Err(ProduceError::from(rdkafka::error::KafkaError::Canceled)),
+            };
+            (index, result)
+        }))
+        .await;
+        let mut delivered = Vec::with_capacity(reports.len());
+        for (index, result) in reports {
+            match result {
+                Ok((partition, offset)) => delivered.push((index, partition, offset)),
+                Err(e) => failures.push(Failure {
+                    index,
+                    disposition: e.disposition(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        self.note_out_of_order(&rows, &delivered, &failures);
+
+        // 3. Sort failures into what to write. A timeout while no broker answers is the
+        //    cluster's fault, not the row's.
+        if failures.iter().any(|f| f.disposition == Disposition::Retry)
+            && self.producer.probe().await.is_err()
+        {
+            for f in &mut failures {
+                if f.disposition == Disposition::Retry {
+                    f.disposition = Disposition::Outage;
+                }
+            }
+        }
+        let mut retry = Vec::new();
+        let mut park = Vec::new();
+        for f in failures {
+            let row = &rows[f.index];
+            let policy = self.policies.get(&row.topic);
+            warn!(id = row.id, event_id = %row.event_id, topic = %row.topic,
+                attempts = row.attempts, disposition = ?f.disposition, error = %f.reason,
+                "delivery failed");
+            let holds_key = policy.on_parked == OnParked::HoldKey && row.key.is_some();
+            match f.disposition {
+                Disposition::Outage => {
+                    outcome.kafka_outage = true;
+                    untouched += 1;
+                }
+                Disposition::Park => park.push((
+                    f.index,
+                    Parked {
+                        id: row.id,
+                        error: f.reason,
+                        holds_key,
+                    },
+                )),
+                Disposition::Retry => {
+                    let attempt = row.attempts.max(0) as u32 + 1;
+                    match policy.retry.decide(attempt, jitter_unit()) {
+                        RetryDecision::RetryAfter(delay) => retry.push(Failed {
+                            id: row.id,
+                            error: f.reason,
+                            delay,
+                        }),
+                        RetryDecision::GiveUp => park.push((
+                            f.index,
+                            Parked {
+                                id: row.id,
+                                error: format!("gave up after {attempt} attempts: {}", f.reason),
+                                holds_key,
+                            },
+                        )),
+                    }
+                }
+            }
+        }
+
+        // 4. Write it all in the claiming transaction.
+        let marks: Vec<Delivered> = delivered
+            .iter()
+            .map(|&(index, partition, offset)| Delivered {
+                id: rows[index].id,
+                partition,
+                offset,
+            })
+            .collect();
+        let marked = self.outbox.mark_delivered(&mut tx, &marks).await?;
+        if marked != marks.len() as u64 {
+            error!(
+                acknowledged = marks.len(),
+                marked,
+                "rows marked delivered differ from rows Kafka acknowledged; \
+                 acknowledged rows that were no longer pending were left as they are"
+            );
+        }
+        self.outbox.reschedule(&mut tx, &retry).await?;
+        let parked: Vec<Parked> = park.iter().map(|(_, p)| p.clone()).collect();
+        self.outbox.park(&mut tx, &parked).await?;
+        self.dead_letter(&rows, &park).await;
+        if let Err(e) = tx.commit().await {
+            error!(error = %e, acknowledged = marks.len(),
+                "could not record acknowledged rows; they stay pending and will be produced \
+                 again (duplicates carry the same event_id)");
+            return Err(StoreError::from(e));
+        }
+
+        let c = &self.counters;
+        c.delivered.fetch_add(marks.len() as u64, Ordering::Relaxed);
+        c.retried.fetch_add(retry.len() as u64, Ordering::Relaxed);
+        c.parked.fetch_add(park.len() as u64, Ordering::Relaxed);
+        debug!(
+            claimed = rows.len(),
+            delivered = marks.len(),
+            retried = retry.len(),
+            parked = park.len(),
+            untouched,
+            "batch done"
+        );
+        Ok(outcome)
+    }
+
+    /// librdkafka can fail one record and still deliver a later one of the same partition;
+    /// when both share a key, that key's order broke in Kafka. Say so loudly and count it.
+    fn note_out_of_order(
+        &self,
+        rows: &[ClaimedRow],
+        delivered: &[(usize, i32, i64)],
+        failures: &[Failure],
+    ) {
+        let mut first_failure: HashMap<(&str, &str), usize> = HashMap::new();
+        for f in failures {
+            if let Some(k) = rows[f.index].key.as_deref() {
+                let slot = first_failure.entry((&rows[f.index].topic, k)).or_insert(f.index);
+                *slot = (*slot).min(f.index);
+            }
+        }
+        if first_failure.is_empty() {
+            return;
+        }
+        for &(index, _, _) in delivered {
+            let row = &rows[index];
+            let Some(k) = row.key.as_deref() else { continue };
+            if first_failure
+                .get(&(row.topic.as_str(), k))
+                .is_some_and(|&failed| failed < index)
+            {
+                self.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
+                error!(id = row.id, topic = %row.topic, key = k,
+                    "a later row of this key reached Kafka although an earlier one failed: \
+                     the key's order is broken in Kafka");
+            }
+        }
+    }
+
+    /// Best effort: a copy of each parked row to its topic's dead-letter topic, if it has one.
+    /// The row stays parked (and replayable) whatever happens here.
+    async fn dead_letter(&self, rows: &[ClaimedRow], parked: &[(usize, Parked)]) {
+        let mut copies = Vec::new();
+        for (index, p) in parked {
+            let row = &rows[*index];
+            let Some(dlt) = &self.policies.get(&row.topic).dead_letter_topic else {
+                continue;
+            };
+            match self
+                .producer
+                .enqueue_dead_letter(dlt, row, &p.error, row.attempts + 1)
+                .await
+            {
+                Ok(delivery) => copies.push((row.id, dlt, delivery)),
+                Err(e) => warn!(id = row.id, dead_letter_topic = %dlt, error = %e,
+                    "could not copy the parked row to its dead-letter topic"),
+            }
+        }
+        for (id, dlt, delivery) in copies {
+            match tokio::time::timeout(DEAD_LETTER_WAIT, delivery).await {
+                Ok(Ok(Ok(_))) => {
+                    self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Ok(Err((e, _)))) => warn!(id, dead_letter_topic = %dlt, error = %e,
+                    "the dead-letter topic refused the parked row's copy"),
+                _ => warn!(id, dead_letter_topic = %dlt,
+                    "no acknowledgement for the parked row's dead-letter copy"),
+            }
+        }
+    }
+}

@@ -155,7 +155,7 @@ impl Registry {
                         return Err(ApiError::new(404, 40402, format!("Version {v} not found.")))
                     }
                 };
-                Ok(self.version_object(subject, index))
+                self.version_object(subject, index, query.get("format").map(String::as_str))
             }
             ("POST", ["subjects", subject]) => {
                 let (schema_type, text) = parse_schema_request(body)?;
@@ -165,7 +165,7 @@ impl Registry {
                     .find(&schema_type, &fingerprint)
                     .and_then(|id| versions.iter().position(|v| *v == id))
                     .ok_or_else(|| ApiError::new(404, 40403, "Schema not found"))?;
-                Ok(self.version_object(subject, index))
+                self.version_object(subject, index, query.get("format").map(String::as_str))
             }
             ("DELETE", ["subjects", subject]) => {
                 let count = self.versions(subject)?.len();
@@ -255,20 +255,13 @@ impl Registry {
         Ok(json!(found))
     }
 
-    fn version_object(&self, subject: &str, index: usize) -> Value {
+    fn version_object(&self, subject: &str, index: usize, format: Option<&str>) -> Reply {
         let id = self.subjects[subject][index];
-        let stored = &self.schemas[id as usize - 1];
-        let mut body = json!({
-            "subject": subject,
-            "version": index + 1,
-            "id": id,
-            "schema": stored.text,
-            "references": [],
-        });
-        if stored.schema_type != "AVRO" {
-            body["schemaType"] = json!(stored.schema_type);
-        }
-        body
+        let mut body = self.schema_by_id(&id.to_string(), format)?;
+        body["subject"] = json!(subject);
+        body["version"] = json!(index + 1);
+        body["id"] = json!(id);
+        Ok(body)
     }
 }
 

@@ -190,6 +190,29 @@ async fn serialized_format_answers_the_base64_file_descriptor_of_a_protobuf_sche
 }
 
 #[tokio::test]
+async fn serialized_format_also_applies_to_a_subject_version() {
+    // confluent-kafka's ProtobufSerializer asks for it with use.latest.version.
+    let double = SchemaRegistryDouble::start().await;
+    let id = double.register("p", "PROTOBUF", PROTO);
+    let (_, by_id) = call(
+        &double,
+        "GET",
+        &format!("/schemas/ids/{id}?format=serialized"),
+        None,
+    )
+    .await;
+    let path = "/subjects/p/versions/latest?format=serialized&deleted=true";
+    let (status, latest) = call(&double, "GET", path, None).await;
+    assert_eq!(status, 200);
+    assert_ne!(latest["schema"], PROTO);
+    assert_eq!(latest["schema"], by_id["schema"]);
+    assert_eq!(
+        (latest["id"].clone(), latest["version"].clone()),
+        (json!(id), json!(1))
+    );
+}
+
+#[tokio::test]
 async fn a_protobuf_schema_registered_as_a_base64_descriptor_is_served_back_as_is() {
     // confluent-kafka's Python ProtobufSerializer registers schemas this way.
     let double = SchemaRegistryDouble::start().await;

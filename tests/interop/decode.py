@@ -140,20 +140,16 @@ def jsonable(value):
 
 
 def record_line(message, key_decoder, value_decoder):
-    line = {
-        "partition": message.partition(),
-        "offset": message.offset(),
-        "headers": {
-            name: None if value is None else value.decode("utf-8", errors="replace")
-            for name, value in (message.headers() or [])
-        },
-        "schema_id": schema_id_of(message.value()),
+    line = {"partition": message.partition(), "offset": message.offset(), "key": None}
+    line["headers"] = {
+        name: None if value is None else value.decode("utf-8", errors="replace")
+        for name, value in (message.headers() or [])
     }
+    line["schema_id"] = schema_id_of(message.value())
     try:
         line["key"] = key_decoder(message.key())
         line["value"] = value_decoder(message.value())
     except Exception as error:  # noqa: BLE001 - every failure is reported, none is fatal
-        line.pop("key", None)
         line["error"] = f"{type(error).__name__}: {error}"
     return line
 

@@ -264,3 +264,38 @@ def test_decode_py_reports_a_record_that_is_not_framed_as_an_error(client):
         decode.Decoder("protobuf", client, TOPIC, MessageField.VALUE)(b"plain text")
     assert decode.schema_id_of(b"\x00\x00\x00\x00\x2a\x00") == 42
     assert decode.schema_id_of(b"{}") is None
+
+
+# --- decode.py end to end, only where a broker is given ----------------------------------------
+
+@pytest.mark.skipif(not os.environ.get("OUTBOX_KAFKA_BOOTSTRAP"),
+                    reason="set OUTBOX_KAFKA_BOOTSTRAP=HOST:PORT to run decode.py against a broker")
+def test_decode_py_prints_every_record_and_fails_on_one_it_cannot_decode(client, registry_url):
+    import uuid
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    bootstrap = os.environ["OUTBOX_KAFKA_BOOTSTRAP"]
+    topic = f"decode-py-test-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 2, 1)]).values():
+        future.result()
+    try:
+        serializer = AvroSerializer(client, AVRO)
+        producer = Producer({"bootstrap.servers": bootstrap})
+        context = SerializationContext(topic, MessageField.VALUE)
+        producer.produce(topic, key="k0", value=serializer(ORDER, context), partition=0,
+                         headers=[("event-id", b"e0")])
+        producer.produce(topic, key="k1", value=b"not framed", partition=1)
+        producer.flush(10)
+        run = subprocess.run([sys.executable, str(pathlib.Path(decode.__file__)), "--bootstrap", bootstrap,
+                              "--registry", registry_url, "--topic", topic, "--format", "avro"],
+                             capture_output=True, text=True, timeout=60)
+        lines = sorted((json.loads(line) for line in run.stdout.splitlines()), key=lambda l: l["partition"])
+        assert run.returncode == 1, run.stderr
+        assert lines[0] == {"partition": 0, "offset": 0, "key": "k0", "headers": {"event-id": "e0"},
+                            "schema_id": decode.schema_id_of(serializer(ORDER, context)), "value": ORDER}
+        assert lines[1]["partition"] == 1 and "error" in lines[1]
+    finally:
+        for future in admin.delete_topics([topic]).values():
+            future.result()

@@ -326,10 +326,10 @@ mod tests {
 
     fn http_error(status: &str, code: u32, message: &str) -> SRCError {
         SRCError::non_retryable_with_cause(
-            RawError {
-                error_code: code,
-                message: message.into(),
-            },
+            serde_json::from_value::<RawError>(
+                serde_json::json!({"error_code": code, "message": message}),
+            )
+            .unwrap(),
             &format!("HTTP request to schema registry failed with status {status}"),
         )
     }

@@ -68,27 +68,27 @@ impl fmt::Display for OrderReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "records:    {} ({} distinct event_ids, {} duplicates)",
+            "records:    {} (distinct event_ids: {}, duplicates: {})",
             self.records, self.distinct_event_ids, self.duplicates
         )?;
         write!(
             f,
-            "lost:       {} delivered rows not in the topic",
+            "lost:       {} (delivered rows not in the topic)",
             self.lost
         )?;
         if !self.lost_ids.is_empty() {
             let ids: Vec<String> = self.lost_ids.iter().map(i64::to_string).collect();
-            let more = if self.lost as usize > ids.len() {
+            let more = if self.lost > ids.len() as u64 {
                 ", …"
             } else {
                 ""
             };
-            write!(f, " (ids {}{more})", ids.join(", "))?;
+            write!(f, ": ids {}{more}", ids.join(", "))?;
         }
         writeln!(f)?;
         writeln!(
             f,
-            "reordered:  {} keys out of outbox id order",
+            "reordered:  {} (keys out of outbox id order)",
             self.reordered
         )?;
         for example in &self.reordered_examples {
@@ -96,12 +96,12 @@ impl fmt::Display for OrderReport {
         }
         writeln!(
             f,
-            "unknown:    {} records whose event_id is not in the outbox",
+            "unknown:    {} (records whose event_id is not in the outbox)",
             self.unknown
         )?;
         writeln!(
             f,
-            "not sent:   {} pending, {} parked rows",
+            "not sent:   pending {}, parked {}",
             self.pending, self.parked
         )?;
         write!(

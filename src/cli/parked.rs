@@ -52,9 +52,8 @@ pub(super) async fn parked(config: &Config, args: &ParkedArgs) -> anyhow::Result
 
 fn render(l: &Listing) -> String {
     let mut out = format!(
-        "{} parked row{} match (showing {}, oldest first)\n",
+        "parked rows matching: {} (showing {}, oldest first)\n",
         l.total,
-        if l.total == 1 { "" } else { "s" },
         l.rows.len()
     );
     let mut table = vec![[
@@ -87,7 +86,9 @@ fn render(l: &Listing) -> String {
     out.push_str(&columns(&table));
 
     out.push_str("\nby reason:\n");
-    let mut table = vec![["ROWS", "IDS", "REASON"].map(String::from).to_vec()];
+    let mut table = vec![["ROWS", "FIRST..LAST_ID", "REASON"]
+        .map(String::from)
+        .to_vec()];
     for r in &l.reasons {
         let ids = if r.first_id == r.last_id {
             r.first_id.to_string()

@@ -3,7 +3,7 @@
 
 use clap::Args;
 
-use super::selector::{self, id_list, rows};
+use super::selector::{self, id_list};
 use crate::config::Config;
 
 /// One held key.
@@ -32,19 +32,18 @@ pub(super) async fn release_key(config: &Config, args: &KeyArgs) -> anyhow::Resu
         );
         return Ok(());
     }
-    let prefix = if args.dry_run {
-        "dry run (nothing changed): would release"
+    let (prefix, verb) = if args.dry_run {
+        ("dry run (nothing changed): would release", "to replay")
     } else {
-        "released"
+        ("released", "replayed")
     };
     println!(
-        "{prefix} key {:?} on topic {:?}: replayed holding {} (ids {}), \
-         {} pending behind will follow in id order",
+        "{prefix} key {:?} on topic {:?}: holding rows {verb}: ids {}; \
+         pending rows behind them, to follow in id order: {}",
         args.key,
         args.topic,
-        rows(change.ids.len()),
         id_list(&change.ids),
-        rows(usize::try_from(change.waiting).unwrap_or(0)),
+        change.waiting,
     );
     Ok(())
 }

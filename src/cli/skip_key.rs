@@ -1,7 +1,7 @@
 //! `outbox-relay skip-key`: let a held key's waiting rows flow; the holding rows stay parked.
 
 use super::release_key::KeyArgs;
-use super::selector::{self, id_list, rows};
+use super::selector::{self, id_list};
 use crate::config::Config;
 
 pub(super) async fn skip_key(config: &Config, args: &KeyArgs) -> anyhow::Result<()> {
@@ -14,19 +14,19 @@ pub(super) async fn skip_key(config: &Config, args: &KeyArgs) -> anyhow::Result<
         );
         return Ok(());
     }
-    let prefix = if args.dry_run {
-        "dry run (nothing changed): would skip"
+    let (prefix, free) = if args.dry_run {
+        ("dry run (nothing changed): would skip", "that would flow")
     } else {
-        "skipped"
+        ("skipped", "now free to flow")
     };
     println!(
-        "{prefix} key {:?} on topic {:?}: {} stay parked, no longer holding the key (ids {}; \
-         replaying them later delivers them out of order), {} pending behind now flow",
+        "{prefix} key {:?} on topic {:?}: holding rows kept parked, no longer holding the key: \
+         ids {} (replaying them later delivers them out of order); pending rows behind them, \
+         {free}: {}",
         args.key,
         args.topic,
-        rows(change.ids.len()),
         id_list(&change.ids),
-        rows(usize::try_from(change.waiting).unwrap_or(0)),
+        change.waiting,
     );
     Ok(())
 }

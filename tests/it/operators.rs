@@ -326,7 +326,12 @@ async fn parked_lists_counts_by_reason_and_held_keys() {
     let run = cli(&config, &["parked"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     println!("{}", run.stdout);
-    for expected in ["4 parked rows match", "by reason:", "held keys", too_large] {
+    for expected in [
+        "parked rows matching: 4",
+        "by reason:",
+        "held keys",
+        too_large,
+    ] {
         assert!(
             run.stdout.contains(expected),
             "{expected:?} in {}",
@@ -374,7 +379,7 @@ async fn skip_key_releases_waiting_rows_and_keeps_the_parked_row() {
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(
-        run.stdout.contains("skipped key \"k1\"") && run.stdout.contains("2 rows pending"),
+        run.stdout.contains("skipped key \"k1\"") && run.stdout.contains("now free to flow: 2"),
         "{}",
         run.stdout
     );

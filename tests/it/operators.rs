@@ -580,3 +580,38 @@ async fn order_checker_counts_lost_duplicated_and_reordered_records() {
     assert!(run.stdout.contains("verdict:    OK"), "{}", run.stdout);
     assert_eq!(consume_all(&clean.topic).len(), 300);
 }
+
+#[tokio::test]
+async fn concurrent_replays_change_each_parked_row_once() {
+    let outbox = TestOutbox::new(1).await;
+    outbox.insert_rows(400, 10).await;
+    sqlx::query(&format!(
+        "UPDATE {} SET status = 'parked', last_error = 'boom', holds_key = (id % 2 = 0)",
+        outbox.table()
+    ))
+    .execute(&outbox.pool)
+    .await
+    .unwrap();
+    let ops = ops(&outbox);
+    let all = Selector::default();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let (ops, all) = (ops.clone(), all.clone());
+            tokio::spawn(async move { ops.replay(&all, true, false).await.unwrap() })
+        })
+        .collect();
+    let mut replayed = Vec::new();
+    for run in runs {
+        replayed.extend(run.await.unwrap());
+    }
+    replayed.sort_unstable();
+    assert_eq!(replayed, (1..=400).collect::<Vec<i64>>(), "each row once");
+    let counts: Vec<(i32, i64)> = sqlx::query_as(&format!(
+        "SELECT replay_count, count(*) FROM {} GROUP BY 1",
+        outbox.table()
+    ))
+    .fetch_all(&outbox.pool)
+    .await
+    .unwrap();
+    assert_eq!(counts, vec![(1, 400)]);
+}

@@ -49,9 +49,9 @@ pub enum Command {
     /// Put parked rows back to pending (same event_id, attempts reset).
     Replay(replay::ReplayArgs),
     /// Replay the parked rows holding a key; the rows waiting behind follow in order.
-    ReleaseKey(release_key::KeyArgs),
+    ReleaseKey(selector::KeyArgs),
     /// Stop parked rows from holding a key (they stay parked); the waiting rows flow.
-    SkipKey(release_key::KeyArgs),
+    SkipKey(selector::KeyArgs),
     /// Read a topic and check that every delivered row is there, in key order.
     CheckOrder(check_order::CheckOrderArgs),
 }

@@ -1,24 +1,8 @@
 //! `outbox-relay release-key`: replay the parked rows holding a key, so they go first and the
 //! rows waiting behind them follow in order.
 
-use clap::Args;
-
-use super::selector::{self, id_list};
+use super::selector::{self, id_list, KeyArgs};
 use crate::config::Config;
-
-/// One held key.
-#[derive(Debug, Clone, Args)]
-pub struct KeyArgs {
-    /// The key's topic.
-    #[arg(long)]
-    pub(super) topic: String,
-    /// The held key.
-    #[arg(long)]
-    pub(super) key: String,
-    /// Show what would change; change nothing.
-    #[arg(long)]
-    pub(super) dry_run: bool,
-}
 
 pub(super) async fn release_key(config: &Config, args: &KeyArgs) -> anyhow::Result<()> {
     let ops = selector::connect(config).await?;

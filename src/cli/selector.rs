@@ -73,6 +73,20 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("{e}; expected an RFC 3339 time such as 2025-01-31T12:00:00Z"))
 }
 
+/// One held key.
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// The key's topic.
+    #[arg(long)]
+    pub(super) topic: String,
+    /// The held key.
+    #[arg(long)]
+    pub(super) key: String,
+    /// Show what would change; change nothing.
+    #[arg(long)]
+    pub(super) dry_run: bool,
+}
+
 /// A small pool on the configured database, and the operators' statements on its table.
 pub(super) async fn connect(config: &Config) -> anyhow::Result<ParkedOps> {
     let (pool, table) = pool(config).await?;

@@ -1,7 +1,6 @@
 //! `outbox-relay skip-key`: let a held key's waiting rows flow; the holding rows stay parked.
 
-use super::release_key::KeyArgs;
-use super::selector::{self, id_list};
+use super::selector::{self, id_list, KeyArgs};
 use crate::config::Config;
 
 pub(super) async fn skip_key(config: &Config, args: &KeyArgs) -> anyhow::Result<()> {

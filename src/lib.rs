@@ -11,10 +11,13 @@
 //! - [`relay`] — the loop tying them together in concurrent batch transactions.
 //! - [`shutdown`] — SIGTERM/SIGINT → drain, second signal → exit.
 //! - [`telemetry`] — logs.
+//! - [`order_check`] — reads a topic back and checks it against the outbox: lost, duplicated,
+//!   reordered records.
 //! - [`cli`] — the `outbox-relay` subcommands.
 
 pub mod cli;
 pub mod config;
+pub mod order_check;
 pub mod outbox;
 pub mod produce;
 pub mod relay;

@@ -17,9 +17,15 @@ async fn main() -> ExitCode {
     telemetry::init(config.log.format, &config.log.level);
     match cli::dispatch(&cli.command, config).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<cli::UsageError>() {
+            Some(usage) => {
+                eprintln!("error: {usage}");
+                ExitCode::from(2)
+            }
+            None => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

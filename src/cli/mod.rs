@@ -1,8 +1,16 @@
 //! The `outbox-relay` command line: one file per subcommand.
 
+mod check_order;
 mod config_check;
 mod migrate;
+mod parked;
+mod release_key;
+mod replay;
 mod run;
+mod selector;
+mod skip_key;
+
+pub use selector::UsageError;
 
 use std::path::PathBuf;
 
@@ -36,6 +44,16 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// List parked rows, counts by reason, and the keys they hold back.
+    Parked(parked::ParkedArgs),
+    /// Put parked rows back to pending (same event_id, attempts reset).
+    Replay(replay::ReplayArgs),
+    /// Replay the parked rows holding a key; the rows waiting behind follow in order.
+    ReleaseKey(selector::KeyArgs),
+    /// Stop parked rows from holding a key (they stay parked); the waiting rows flow.
+    SkipKey(selector::KeyArgs),
+    /// Read a topic and check that every delivered row is there, in key order.
+    CheckOrder(check_order::CheckOrderArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,5 +82,10 @@ pub async fn dispatch(command: &Command, config: Config) -> anyhow::Result<()> {
             config_check::check(&config);
             Ok(())
         }
+        Command::Parked(args) => parked::parked(&config, args).await,
+        Command::Replay(args) => replay::replay(&config, args).await,
+        Command::ReleaseKey(args) => release_key::release_key(&config, args).await,
+        Command::SkipKey(args) => skip_key::skip_key(&config, args).await,
+        Command::CheckOrder(args) => check_order::check_order(&config, args).await,
     }
 }

@@ -1,11 +1,16 @@
-//! The outbox table: migrations, and the SQL that claims, marks and reschedules rows.
+//! The outbox table: migrations, the SQL that claims, marks and reschedules rows, and the
+//! operators' SQL on parked rows (`ops`).
 //!
 //! Every statement is built once at start-up from the validated, quoted table name.
 
 mod migrate;
+mod ops;
 mod store;
 
 pub use migrate::migrate;
+pub use ops::{
+    HeldKey, KeyChange, OpsError, ParkedOps, ParkedRow, ReasonCount, Selector, SelectorError,
+};
 pub use store::{ClaimedRow, Delivered, Failed, Outbox, Parked, StoreError};
 
 use crate::config::check_identifier;

@@ -7,4 +7,5 @@ mod cli;
 mod crash;
 mod delivery;
 mod helpers;
+mod operators;
 mod startup;

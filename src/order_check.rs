@@ -1,0 +1,488 @@
+//! The order checker: compares what a topic holds with what the outbox says was delivered.
+//!
+//! It reads every record of the topic from the beginning to the high watermarks of the moment
+//! (all partitions assigned, a fresh group id, nothing committed), looking only at the
+//! `event_id` header, so it works whatever the payload format. It then reports duplicates,
+//! delivered rows that never arrived (lost), keys whose records break outbox id order
+//! (reordered), and records the outbox does not know (unknown).
+//!
+//! The outbox rows are read *before* the watermarks: a row is marked delivered only after
+//! Kafka acknowledged it with `acks=all`, which means its record is below the high watermark,
+//! so a row delivered while the check runs can never be reported lost.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::outbox::TableName;
+
+/// How many lost ids and reordered keys a report spells out.
+const LOST_IDS_SHOWN: usize = 20;
+const REORDERED_SHOWN: usize = 10;
+/// How long the reader waits without any new record before it gives up.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the checker found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OrderReport {
+    /// Records read from the topic.
+    pub records: u64,
+    /// Distinct `event_id`s among them (a record without one counts as distinct).
+    pub distinct_event_ids: u64,
+    /// `records - distinct_event_ids`: copies consumers must deduplicate.
+    pub duplicates: u64,
+    /// Rows marked `delivered` whose `event_id` is not in the topic.
+    pub lost: u64,
+    /// The first lost row ids, ascending.
+    pub lost_ids: Vec<i64>,
+    /// Keys whose records, taken at their first occurrence in the partition log, do not have
+    /// increasing outbox ids.
+    pub reordered: u64,
+    /// A few of them, readable.
+    pub reordered_examples: Vec<String>,
+    /// Records whose `event_id` is not in the outbox (or that carry none).
+    pub unknown: u64,
+    /// Rows of the topic still pending or parked, for context.
+    pub pending: u64,
+    pub parked: u64,
+}
+
+impl OrderReport {
+    /// Nothing lost and nothing out of order (duplicates are allowed: consumers dedupe).
+    pub fn is_ok(&self) -> bool {
+        self.lost == 0 && self.reordered == 0
+    }
+}
+
+impl fmt::Display for OrderReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "records:    {} (distinct event_ids: {}, duplicates: {})",
+            self.records, self.distinct_event_ids, self.duplicates
+        )?;
+        write!(
+            f,
+            "lost:       {} (delivered rows not in the topic)",
+            self.lost
+        )?;
+        if !self.lost_ids.is_empty() {
+            let ids: Vec<String> = self.lost_ids.iter().map(i64::to_string).collect();
+            let more = if self.lost > ids.len() as u64 {
+                ", …"
+            } else {
+                ""
+            };
+            write!(f, ": ids {}{more}", ids.join(", "))?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "reordered:  {} (keys out of outbox id order)",
+            self.reordered
+        )?;
+        for example in &self.reordered_examples {
+            writeln!(f, "            {example}")?;
+        }
+        writeln!(
+            f,
+            "unknown:    {} (records whose event_id is not in the outbox)",
+            self.unknown
+        )?;
+        writeln!(
+            f,
+            "not sent:   pending {}, parked {}",
+            self.pending, self.parked
+        )?;
+        write!(
+            f,
+            "verdict:    {}",
+            if self.is_ok() {
+                "OK"
+            } else {
+                "FAILED (lost or reordered records)"
+            }
+        )
+    }
+}
+
+/// Why the check could not run (not what it found).
+#[derive(Debug, thiserror::Error)]
+pub enum OrderCheckError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+    #[error(
+        "no record arrived for {0:?} while {1} partitions were still below their high watermark"
+    )]
+    Stalled(Duration, usize),
+    #[error("the Kafka reader stopped unexpectedly: {0}")]
+    Reader(String),
+}
+
+/// One outbox row of the topic, as the checker needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub key: Option<String>,
+    pub status: String,
+}
+
+/// One record's identity and place in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub event_id: EventRef,
+}
+
+/// The `event_id` header as found.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventRef {
+    Uuid(Uuid),
+    /// Present but not a UUID.
+    Other(Vec<u8>),
+    Missing,
+}
+
+impl EventRef {
+    fn from_header(value: Option<&[u8]>) -> Self {
+        match value {
+            None => EventRef::Missing,
+            Some(bytes) => std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .map_or_else(|| EventRef::Other(bytes.to_vec()), EventRef::Uuid),
+        }
+    }
+}
+
+/// Checks `topic` against the outbox `table`.
+pub async fn check(
+    pool: &PgPool,
+    table: &TableName,
+    bootstrap: &str,
+    topic: &str,
+) -> Result<OrderReport, OrderCheckError> {
+    let mut rows: Vec<OutboxRow> =
+        sqlx::query_as::<_, (i64, Uuid, Option<String>, String)>(&format!(
+            "SELECT id, event_id, key, status FROM {} WHERE topic = $1",
+            table.qualified()
+        ))
+        .bind(topic)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|(id, event_id, key, status)| OutboxRow {
+            id,
+            event_id,
+            key,
+            status,
+        })
+        .collect();
+
+    let (bootstrap, name) = (bootstrap.to_owned(), topic.to_owned());
+    let records = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &name))
+        .await
+        .map_err(|e| OrderCheckError::Reader(e.to_string()))??;
+
+    // Rows committed after the snapshot may already be in the topic: look them up, so they
+    // count as known (and their order is checked), though never as lost.
+    let known: HashSet<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let late: Vec<Uuid> = records
+        .iter()
+        .filter_map(|r| match r.event_id {
+            EventRef::Uuid(u) if !known.contains(&u) => Some(u),
+            _ => None,
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if !late.is_empty() {
+        let late_rows = sqlx::query_as::<_, (i64, Uuid, Option<String>)>(&format!(
+            "SELECT id, event_id, key FROM {} WHERE topic = $1 AND event_id = ANY($2)",
+            table.qualified()
+        ))
+        .bind(topic)
+        .bind(&late)
+        .fetch_all(pool)
+        .await?;
+        // Marked "late": whatever their status now, they were not in the snapshot.
+        rows.extend(late_rows.into_iter().map(|(id, event_id, key)| OutboxRow {
+            id,
+            event_id,
+            key,
+            status: "late".into(),
+        }));
+    }
+    Ok(analyze(&rows, records))
+}
+
+/// Reads every record below the high watermarks of this moment.
+fn read_topic(bootstrap: &str, topic: &str) -> Result<Vec<LogRecord>, OrderCheckError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("outbox-relay-order-check-{}", Uuid::new_v4()),
+        )
+        .set("client.id", "outbox-relay-order-check")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)?;
+    let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Err(OrderCheckError::UnknownTopic(topic.to_owned()));
+    };
+    match meta.error().map(RDKafkaErrorCode::from) {
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+            return Err(OrderCheckError::UnknownTopic(topic.to_owned()))
+        }
+        Some(code) => return Err(KafkaError::MetadataFetch(code).into()),
+        None => {}
+    }
+    // partition → high watermark still to reach.
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    let mut expected = 0i64;
+    for p in meta.partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), KAFKA_TIMEOUT)?;
+        if high > low {
+            remaining.insert(p.id(), high);
+            expected += high - low;
+            assignment.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+        }
+    }
+    let mut out = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
+    if remaining.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&assignment)?;
+    let mut last_progress = Instant::now();
+    while !remaining.is_empty() {
+        if last_progress.elapsed() > STALL_TIMEOUT {
+            return Err(OrderCheckError::Stalled(STALL_TIMEOUT, remaining.len()));
+        }
+        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = msg?;
+        last_progress = Instant::now();
+        let (partition, offset) = (msg.partition(), msg.offset());
+        let Some(&high) = remaining.get(&partition) else {
+            continue; // this partition is done; later records are beyond the snapshot
+        };
+        if offset >= high {
+            remaining.remove(&partition);
+            continue;
+        }
+        let event_id = EventRef::from_header(msg.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == "event_id")
+                .and_then(|h| h.value)
+        }));
+        out.push(LogRecord {
+            partition,
+            offset,
+            event_id,
+        });
+        if offset + 1 >= high {
+            remaining.remove(&partition);
+        }
+    }
+    Ok(out)
+}
+
+/// Computes the report from the outbox rows of a topic and its records (each partition's
+/// records in offset order; partitions may interleave).
+pub fn analyze(rows: &[OutboxRow], mut records: Vec<LogRecord>) -> OrderReport {
+    records.sort_by_key(|r| (r.partition, r.offset));
+    let by_event: HashMap<Uuid, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.event_id, i))
+        .collect();
+
+    let mut report = OrderReport {
+        records: records.len() as u64,
+        ..OrderReport::default()
+    };
+    let mut seen_uuids: HashSet<Uuid> = HashSet::with_capacity(records.len());
+    let mut seen_other: HashSet<&[u8]> = HashSet::new();
+    // (partition, key) → (outbox id, offset) of the last first occurrence.
+    let mut last_of_key: HashMap<(i32, &str), (i64, i64)> = HashMap::new();
+    let mut broken_keys: HashSet<&str> = HashSet::new();
+    for record in &records {
+        let uuid = match &record.event_id {
+            EventRef::Uuid(u) => *u,
+            EventRef::Other(bytes) => {
+                report.unknown += 1;
+                if seen_other.insert(bytes) {
+                    report.distinct_event_ids += 1;
+                }
+                continue;
+            }
+            EventRef::Missing => {
+                report.unknown += 1;
+                report.distinct_event_ids += 1;
+                continue;
+            }
+        };
+        if !seen_uuids.insert(uuid) {
+            continue; // a duplicate: only first occurrences carry order
+        }
+        report.distinct_event_ids += 1;
+        let Some(row) = by_event.get(&uuid).map(|&i| &rows[i]) else {
+            report.unknown += 1;
+            continue;
+        };
+        let Some(key) = row.key.as_deref() else {
+            continue; // unkeyed rows carry no order promise
+        };
+        let here = (row.id, record.offset);
+        match last_of_key.insert((record.partition, key), here) {
+            Some((prev_id, prev_offset)) if prev_id > row.id => {
+                if broken_keys.insert(key) && report.reordered_examples.len() < REORDERED_SHOWN {
+                    report.reordered_examples.push(format!(
+                        "key {key:?} (partition {}): id {} at offset {} after id {prev_id} at \
+                         offset {prev_offset}",
+                        record.partition, row.id, record.offset
+                    ));
+                }
+                // Keep the higher id as the bar, so one late row is not counted per follower.
+                last_of_key.insert((record.partition, key), (prev_id, prev_offset));
+            }
+            _ => {}
+        }
+    }
+    report.duplicates = report.records - report.distinct_event_ids;
+    report.reordered = broken_keys.len() as u64;
+
+    let mut lost: Vec<i64> = Vec::new();
+    for row in rows {
+        match row.status.as_str() {
+            "delivered" if !seen_uuids.contains(&row.event_id) => lost.push(row.id),
+            "pending" => report.pending += 1,
+            "parked" => report.parked += 1,
+            _ => {}
+        }
+    }
+    lost.sort_unstable();
+    report.lost = lost.len() as u64;
+    lost.truncate(LOST_IDS_SHOWN);
+    report.lost_ids = lost;
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, key: Option<&str>, status: &str) -> OutboxRow {
+        OutboxRow {
+            id,
+            event_id: Uuid::from_u128(id as u128),
+            key: key.map(str::to_owned),
+            status: status.into(),
+        }
+    }
+
+    fn rec(partition: i32, offset: i64, id: i64) -> LogRecord {
+        LogRecord {
+            partition,
+            offset,
+            event_id: EventRef::Uuid(Uuid::from_u128(id as u128)),
+        }
+    }
+
+    #[test]
+    fn a_clean_log_is_ok() {
+        let rows = [
+            row(1, Some("a"), "delivered"),
+            row(2, Some("a"), "delivered"),
+        ];
+        let report = analyze(&rows, vec![rec(0, 0, 1), rec(0, 1, 2)]);
+        assert!(report.is_ok(), "{report}");
+        assert_eq!((report.records, report.duplicates), (2, 0));
+    }
+
+    #[test]
+    fn a_retried_batch_that_resends_earlier_rows_is_duplicated_but_not_reordered() {
+        let rows = [
+            row(1, Some("a"), "delivered"),
+            row(2, Some("a"), "delivered"),
+        ];
+        let records = vec![rec(0, 0, 1), rec(0, 1, 2), rec(0, 2, 1), rec(0, 3, 2)];
+        let report = analyze(&rows, records);
+        assert_eq!(report.duplicates, 2);
+        assert_eq!(report.reordered, 0);
+        assert!(report.is_ok());
+    }
+
+    #[test]
+    fn a_key_out_of_id_order_is_counted_once_however_many_rows_follow() {
+        let rows: Vec<_> = (1..=5).map(|i| row(i, Some("a"), "delivered")).collect();
+        let records = vec![
+            rec(0, 0, 3),
+            rec(0, 1, 1),
+            rec(0, 2, 2),
+            rec(0, 3, 4),
+            rec(0, 4, 5),
+        ];
+        let report = analyze(&rows, records);
+        assert_eq!(report.reordered, 1);
+        assert!(report.reordered_examples[0].contains("id 1 at offset 1 after id 3"));
+        assert!(!report.is_ok());
+    }
+
+    #[test]
+    fn unkeyed_rows_and_other_partitions_carry_no_order_promise() {
+        let rows = [
+            row(1, None, "delivered"),
+            row(2, None, "delivered"),
+            row(3, Some("a"), "delivered"),
+            row(4, Some("b"), "delivered"),
+        ];
+        // Partitions interleave in the input, as a consumer returns them.
+        let records = vec![rec(0, 0, 2), rec(1, 0, 4), rec(0, 1, 1), rec(2, 0, 3)];
+        assert!(analyze(&rows, records).is_ok());
+    }
+
+    #[test]
+    fn delivered_rows_missing_from_the_log_are_lost_and_others_are_context() {
+        let rows = [
+            row(1, Some("a"), "delivered"),
+            row(2, Some("a"), "delivered"),
+            row(3, Some("a"), "pending"),
+            row(4, None, "parked"),
+        ];
+        let mut records = vec![rec(0, 0, 1), rec(0, 1, 99)];
+        records.push(LogRecord {
+            partition: 0,
+            offset: 2,
+            event_id: EventRef::Missing,
+        });
+        let report = analyze(&rows, records);
+        assert_eq!(report.lost, 1);
+        assert_eq!(report.lost_ids, vec![2]);
+        assert_eq!(report.unknown, 2);
+        assert_eq!((report.pending, report.parked), (1, 1));
+        assert_eq!(report.duplicates, 0);
+    }
+}

@@ -143,16 +143,19 @@ impl Producer {
         encoded: &Encoded,
     ) -> Result<DeliveryFuture, ProduceError> {
         let headers = self.headers_for(row)?;
-        let payload = encoded
-            .value
-            .as_deref()
-            .unwrap_or_else(|| row.payload.as_bytes());
+        let payload = encoded.value.as_deref().unwrap_or(row.payload.as_bytes());
         let key = encoded
             .key
             .as_deref()
             .or_else(|| row.key.as_deref().map(str::as_bytes));
-        self.send(&row.topic, key, payload, headers, row.created_at.timestamp_millis())
-            .await
+        self.send(
+            &row.topic,
+            key,
+            payload,
+            headers,
+            row.created_at.timestamp_millis(),
+        )
+        .await
     }
 
     /// A copy of a parked row for its topic's dead-letter topic: the row's key and JSON text,

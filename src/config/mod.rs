@@ -405,7 +405,10 @@ impl Config {
             .problems("topic_defaults", registry, &mut p);
         for (field, set) in [
             ("schema_id", self.topic_defaults.schema_id.is_some()),
-            ("schema_version", self.topic_defaults.schema_version.is_some()),
+            (
+                "schema_version",
+                self.topic_defaults.schema_version.is_some(),
+            ),
             ("record_name", self.topic_defaults.record_name.is_some()),
         ] {
             if set {

@@ -81,7 +81,10 @@ impl RegistryConfig {
         }
         if let Some(ca) = &self.ca_location {
             if !ca.exists() {
-                out.push(format!("registry.ca_location {} does not exist", ca.display()));
+                out.push(format!(
+                    "registry.ca_location {} does not exist",
+                    ca.display()
+                ));
             }
         }
         if self.timeout_ms == 0 {

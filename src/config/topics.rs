@@ -229,7 +229,9 @@ impl TopicConfig {
             ));
         }
         if policy.message_name.is_some() && policy.format != Format::Protobuf {
-            out.push(format!("{at}.message_name only applies to format = \"protobuf\""));
+            out.push(format!(
+                "{at}.message_name only applies to format = \"protobuf\""
+            ));
         }
         if policy.retry.cap < policy.retry.base {
             out.push(format!("{at}: the retry cap is below the retry base"));
@@ -323,7 +325,8 @@ mod tests {
         assert_eq!(p.retry.max_attempts, 3);
         assert_eq!(p.retry.base, Duration::from_millis(1_000));
         assert_eq!(p.subject_strategy, SubjectStrategy::Topic);
-        let plain = TopicConfig::default().resolve(&TopicConfig::default(), &RetryConfig::default());
+        let plain =
+            TopicConfig::default().resolve(&TopicConfig::default(), &RetryConfig::default());
         assert_eq!(plain.format, Format::RawJson);
         assert_eq!(plain.on_parked, OnParked::HoldKey);
         assert_eq!(plain.selection, Selection::Latest);

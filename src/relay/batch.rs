@@ -223,7 +223,9 @@ impl Shared {
         let mut first_failure: HashMap<(&str, &str), usize> = HashMap::new();
         for f in failures {
             if let Some(k) = rows[f.index].key.as_deref() {
-                let slot = first_failure.entry((&rows[f.index].topic, k)).or_insert(f.index);
+                let slot = first_failure
+                    .entry((&rows[f.index].topic, k))
+                    .or_insert(f.index);
                 *slot = (*slot).min(f.index);
             }
         }
@@ -232,7 +234,9 @@ impl Shared {
         }
         for &(index, _, _) in delivered {
             let row = &rows[index];
-            let Some(k) = row.key.as_deref() else { continue };
+            let Some(k) = row.key.as_deref() else {
+                continue;
+            };
             if first_failure
                 .get(&(row.topic.as_str(), k))
                 .is_some_and(|&failed| failed < index)

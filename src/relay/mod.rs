@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, RelayConfig, RegistryConfig, TopicPolicies};
+use crate::config::{Config, RegistryConfig, RelayConfig, TopicPolicies};
 use crate::outbox::{Outbox, StoreError};
 use crate::produce::Producer;
 use crate::serialize::registry::RegistryError;
@@ -270,8 +270,10 @@ impl Shared {
     /// Registers `registry.schemas_dir` when `registry.auto_register` is on, waiting out a
     /// registry that does not answer yet. Returns false if shutdown came first.
     async fn auto_register(&self, shutdown: &CancellationToken) -> Result<bool, RelayError> {
-        let (true, Some(registry)) = (self.registry_config.auto_register, self.serializer.registry())
-        else {
+        let (true, Some(registry)) = (
+            self.registry_config.auto_register,
+            self.serializer.registry(),
+        ) else {
             return Ok(true);
         };
         let dir = &self.registry_config.schemas_dir;

@@ -59,9 +59,7 @@ impl Encoder {
         let built = match format {
             Format::Avro => avro::AvroEncoder::new(schema).map(Self::Avro),
             Format::JsonSchema => json_schema::JsonSchemaEncoder::new(schema).map(Self::Json),
-            Format::Protobuf => {
-                protobuf::ProtobufEncoder::new(schema, message).map(Self::Protobuf)
-            }
+            Format::Protobuf => protobuf::ProtobufEncoder::new(schema, message).map(Self::Protobuf),
             Format::RawJson => return Err("raw-json has no schema".into()),
         };
         built.map_err(|e| e.to_string())
@@ -126,7 +124,8 @@ impl Serializer {
                 .map_err(|e| SerializeError::Poison(format!("payload is not JSON: {e}")))?;
             if let serde_json::Value::Object(fields) = &mut value {
                 // As the seed's publisher does: the event carries its id when its schema has one.
-                if !fields.contains_key("event_id") && schema.encoder.has_top_level_field("event_id")
+                if !fields.contains_key("event_id")
+                    && schema.encoder.has_top_level_field("event_id")
                 {
                     fields.insert(
                         "event_id".into(),
@@ -181,7 +180,11 @@ impl Serializer {
                     .for_subject(&subject, Some(v), format, message)
                     .await?
             }
-            Selection::Latest => registry.for_subject(&subject, None, format, message).await?,
+            Selection::Latest => {
+                registry
+                    .for_subject(&subject, None, format, message)
+                    .await?
+            }
         })
     }
 
@@ -277,7 +280,10 @@ mod tests {
             "agent.events.ConversationCreated"
         );
         assert_eq!(
-            value_subject("mcp.conversations", &policy(SubjectStrategy::TopicRecord, rec)),
+            value_subject(
+                "mcp.conversations",
+                &policy(SubjectStrategy::TopicRecord, rec)
+            ),
             "mcp.conversations-agent.events.ConversationCreated"
         );
     }

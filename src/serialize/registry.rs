@@ -17,8 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use schema_registry_converter::async_impl::schema_registry::{
-    get_all_subjects, get_schema_by_id, get_schema_by_subject_and_version, post_schema,
-    SrSettings,
+    get_all_subjects, get_schema_by_id, get_schema_by_subject_and_version, post_schema, SrSettings,
 };
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
@@ -46,6 +45,9 @@ pub struct Schema {
     pub encoder: Encoder,
 }
 
+/// A schema id, and the Protobuf message chosen in it (None: the first, or not Protobuf).
+type SchemaKey = (u32, Option<String>);
+
 #[derive(Default)]
 struct SubjectCache {
     latest: Option<(u32, Instant)>,
@@ -57,7 +59,7 @@ pub struct Registry {
     settings: SrSettings,
     url: String,
     latest_ttl: Duration,
-    by_id: RwLock<HashMap<(u32, Option<String>), Arc<Schema>>>,
+    by_id: RwLock<HashMap<SchemaKey, Arc<Schema>>>,
     subjects: RwLock<HashMap<String, SubjectCache>>,
 }
 
@@ -303,7 +305,11 @@ fn http_status(e: &SRCError) -> Option<u16> {
 pub fn classify(e: &SRCError, what: &str) -> RegistryError {
     let raw = e.source().and_then(|s| s.downcast_ref::<RawError>());
     let detail = match raw {
-        Some(r) => format!("{} (error {})", r.message.trim_end_matches('.'), r.error_code),
+        Some(r) => format!(
+            "{} (error {})",
+            r.message.trim_end_matches('.'),
+            r.error_code
+        ),
         None => e.cause.clone().unwrap_or_else(|| e.error.clone()),
     };
     match http_status(e) {
@@ -336,18 +342,32 @@ mod tests {
 
     #[test]
     fn not_found_and_invalid_answers_refuse_the_row() {
-        for (status, code) in [("404 Not Found", 40401), ("422 Unprocessable Entity", 42201)] {
-            let e = classify(&http_error(status, code, "Subject 'x' not found."), "subject `x`");
+        for (status, code) in [
+            ("404 Not Found", 40401),
+            ("422 Unprocessable Entity", 42201),
+        ] {
+            let e = classify(
+                &http_error(status, code, "Subject 'x' not found."),
+                "subject `x`",
+            );
             let RegistryError::Refused(text) = e else {
                 panic!("{status} must refuse, got {e:?}");
             };
-            assert!(text.contains("subject `x`") && text.contains(&code.to_string()), "{text}");
+            assert!(
+                text.contains("subject `x`") && text.contains(&code.to_string()),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn server_errors_credentials_and_no_answer_are_outages() {
-        for status in ["500 Internal Server Error", "503 Service Unavailable", "401 Unauthorized", "429 Too Many Requests"] {
+        for status in [
+            "500 Internal Server Error",
+            "503 Service Unavailable",
+            "401 Unauthorized",
+            "429 Too Many Requests",
+        ] {
             let e = classify(&http_error(status, 50001, "boom"), "subject `x`");
             assert!(matches!(e, RegistryError::Outage(_)), "{status}: {e:?}");
         }

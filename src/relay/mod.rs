@@ -235,29 +235,25 @@ impl Shared {
         let _one_prober = self.probe_lock.lock().await;
         let mut delays = outage_backoff();
         let mut failures = 0u32;
-        let target = match dependency {
-            Dependency::Kafka => self.bootstrap.clone(),
-            Dependency::Registry => self.registry_config.url.clone(),
+        let (name, target) = match dependency {
+            Dependency::Kafka => ("Kafka", self.bootstrap.as_str()),
+            Dependency::Registry => ("Schema Registry", self.registry_config.url.as_str()),
         };
         while down.load(Ordering::SeqCst) {
             match self.probe(dependency).await {
                 Ok(()) => {
                     if failures > 0 || matches!(dependency, Dependency::Registry) {
-                        info!(?dependency, %target, "answers again; resuming");
+                        info!(%target, "{name} answers again; resuming");
                     } else {
-                        debug!(?dependency, %target, "answers");
+                        debug!(%target, "{name} answers");
                     }
                     down.store(false, Ordering::SeqCst);
                 }
                 Err(e) => {
                     failures += 1;
                     let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                    let what = match dependency {
-                        Dependency::Kafka => "Kafka not reachable",
-                        Dependency::Registry => "Schema Registry not reachable",
-                    };
                     warn!(%target, error = %e, retry_in = ?delay,
-                        "{what}; nothing is claimed until it answers");
+                        "{name} not reachable; nothing is claimed until it answers");
                     if !sleep_unless_cancelled(delay, shutdown).await {
                         return false;
                     }

@@ -8,4 +8,6 @@ mod crash;
 mod delivery;
 mod helpers;
 mod operators;
+mod registry_support;
+mod serialization;
 mod startup;

@@ -155,7 +155,10 @@ pub async fn total_attempts(outbox: &TestOutbox) -> i64 {
 pub async fn wait_counts(outbox: &TestOutbox, delivered: i64, parked: i64, timeout: Duration) {
     let start = Instant::now();
     loop {
-        let (d, p) = (outbox.count("delivered").await, outbox.count("parked").await);
+        let (d, p) = (
+            outbox.count("delivered").await,
+            outbox.count("parked").await,
+        );
         if d >= delivered && p >= parked {
             return;
         }

@@ -218,7 +218,10 @@ async fn avro_rows_round_trip_through_kafka_and_confluent_kafkas_avro_deserializ
             fields.insert("placed_at".into(), json!(millis));
             let text = fields["metadata"].as_str().expect("metadata is a string");
             let parsed: Value = serde_json::from_str(text).expect("metadata is JSON text");
-            assert!(!text.contains(": ") && !text.contains(", "), "not compact: {text}");
+            assert!(
+                !text.contains(": ") && !text.contains(", "),
+                "not compact: {text}"
+            );
             fields.insert("metadata".into(), parsed);
             decoded
         },
@@ -243,7 +246,11 @@ async fn json_schema_rows_round_trip_through_kafka_and_confluent_kafkas_json_des
             json!({"ticket": 42, "subject": "héllo ✓", "event_id": "given"}),
             json!({}),
         ),
-        (None, json!({"ticket": 43, "subject": "unkeyed", "tags": []}), json!({"a": "b"})),
+        (
+            None,
+            json!({"ticket": 43, "subject": "unkeyed", "tags": []}),
+            json!({"a": "b"}),
+        ),
     ];
     round_trip(
         Format::JsonSchema,
@@ -298,4 +305,196 @@ async fn protobuf_rows_round_trip_through_kafka_and_confluent_kafkas_protobuf_de
         |v| v,
     )
     .await;
+}
+
+/// An Avro record schema named `name` with a long `n` (what `insert_rows`-style payloads carry),
+/// and in `v2` an extra defaulted field: distinct names and shapes give distinct schema ids.
+fn avro_n(name: &str, v2: bool) -> String {
+    let extra = if v2 {
+        r#", {"name": "extra", "type": "string", "default": ""}"#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"type": "record", "name": "{name}", "namespace": "it.strategies",
+            "fields": [{{"name": "n", "type": "long"}}{extra}]}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_subject_strategy_selection_mode_and_row_override_picks_the_right_schema_id() {
+    let outbox = TestOutbox::new(1).await;
+    let double = SchemaRegistryDouble::start().await;
+    let record = "it.strategies.Chosen";
+    let t = |suffix: &str| format!("{}-{suffix}", outbox.topic);
+    let (latest, by_record, by_topic_record, pinned_version, pinned_id) = (
+        t("latest"),
+        t("record"),
+        t("topic-record"),
+        t("version"),
+        t("id"),
+    );
+    for name in [
+        &latest,
+        &by_record,
+        &by_topic_record,
+        &pinned_version,
+        &pinned_id,
+    ] {
+        create_topic(name, 1).await;
+    }
+
+    // What each topic must pick, and decoys it must not.
+    let latest_v1 = double.register(&format!("{latest}-value"), "AVRO", &avro_n("L", false));
+    let latest_v2 = double.register(&format!("{latest}-value"), "AVRO", &avro_n("L", true));
+    let record_id = double.register(record, "AVRO", &avro_n("R", false));
+    double.register(
+        &format!("{by_record}-value"),
+        "AVRO",
+        &avro_n("Decoy1", false),
+    );
+    let topic_record_id = double.register(
+        &format!("{by_topic_record}-{record}"),
+        "AVRO",
+        &avro_n("TR", false),
+    );
+    double.register(
+        &format!("{by_topic_record}-value"),
+        "AVRO",
+        &avro_n("Decoy2", false),
+    );
+    let version_v1 = double.register(
+        &format!("{pinned_version}-value"),
+        "AVRO",
+        &avro_n("V", false),
+    );
+    let version_v2 = double.register(
+        &format!("{pinned_version}-value"),
+        "AVRO",
+        &avro_n("V", true),
+    );
+    let pinned = double.register("some-unrelated-subject", "AVRO", &avro_n("P", false));
+    double.register(
+        &format!("{pinned_id}-value"),
+        "AVRO",
+        &avro_n("Decoy3", false),
+    );
+    let override_v1 = double.register("row-override", "AVRO", &avro_n("O", false));
+    let override_v2 = double.register("row-override", "AVRO", &avro_n("O", true));
+    let all = [
+        latest_v1,
+        latest_v2,
+        record_id,
+        topic_record_id,
+        version_v1,
+        version_v2,
+        pinned,
+        override_v1,
+        override_v2,
+    ];
+    let distinct: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        all.len(),
+        "ids must tell the schemas apart: {all:?}"
+    );
+
+    let mut config = registry_config(&outbox, &double);
+    let avro = || topic(Format::Avro);
+    config.topics.insert(latest.clone(), avro());
+    config.topics.insert(
+        by_record.clone(),
+        TopicConfig {
+            subject_strategy: Some(SubjectStrategy::Record),
+            record_name: Some(record.into()),
+            ..avro()
+        },
+    );
+    config.topics.insert(
+        by_topic_record.clone(),
+        TopicConfig {
+            subject_strategy: Some(SubjectStrategy::TopicRecord),
+            record_name: Some(record.into()),
+            ..avro()
+        },
+    );
+    config.topics.insert(
+        pinned_version.clone(),
+        TopicConfig {
+            schema_version: Some(1),
+            ..avro()
+        },
+    );
+    config.topics.insert(
+        pinned_id.clone(),
+        TopicConfig {
+            schema_id: Some(pinned),
+            ..avro()
+        },
+    );
+
+    // (row, schema id it must carry)
+    let mut expected: Vec<(Row, u32)> = Vec::new();
+    for (name, id) in [
+        (&latest, latest_v2),
+        (&by_record, record_id),
+        (&by_topic_record, topic_record_id),
+        (&pinned_version, version_v1),
+        (&pinned_id, pinned),
+    ] {
+        for n in 0..3 {
+            let key = format!("k{n}");
+            expected.push((Row::new(name, Some(&key), json!({ "n": n })), id));
+        }
+    }
+    // Per-row overrides on the `latest` topic: another subject, latest or a pinned version.
+    expected.push((
+        Row::new(&latest, Some("o1"), json!({"n": 10})).subject("row-override", None),
+        override_v2,
+    ));
+    expected.push((
+        Row::new(&latest, Some("o2"), json!({"n": 11})).subject("row-override", Some(1)),
+        override_v1,
+    ));
+    expected.push((
+        Row::new(&latest, Some("o3"), json!({"n": 12}))
+            .subject(&format!("{latest}-value"), Some(1)),
+        latest_v1,
+    ));
+    let rows: Vec<Row> = expected.iter().map(|(r, _)| r.clone()).collect();
+    let ids = insert(&outbox, &rows).await;
+
+    let relay = RunningRelay::start(&config);
+    wait_counts(&outbox, rows.len() as i64, 0, Duration::from_secs(60)).await;
+    relay.stop().await;
+    assert_eq!(outbox.count("parked").await, 0);
+
+    let mut seen = 0;
+    for name in [
+        &latest,
+        &by_record,
+        &by_topic_record,
+        &pinned_version,
+        &pinned_id,
+    ] {
+        for record in consume_raw_async(name).await {
+            let at = ids
+                .iter()
+                .position(|(_, e)| e.to_string() == record.event_id())
+                .expect("a record of ours");
+            let (row, id) = &expected[at];
+            assert_eq!(&row.topic, name);
+            assert_eq!(record.key_str(), row.key.as_deref());
+            assert_eq!(
+                record.schema_id(),
+                *id,
+                "topic {name}, row {row:?}: wrong schema id (ids: latest v1 {latest_v1} v2 \
+                 {latest_v2}, record {record_id}, topic-record {topic_record_id}, version v1 \
+                 {version_v1} v2 {version_v2}, pinned {pinned}, override v1 {override_v1} v2 \
+                 {override_v2})"
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, rows.len());
 }

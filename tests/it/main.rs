@@ -10,4 +10,5 @@ mod helpers;
 mod operators;
 mod registry_support;
 mod serialization;
+mod serialization_failures;
 mod startup;

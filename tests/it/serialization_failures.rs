@@ -422,3 +422,42 @@ async fn auto_register_registers_the_schemas_dir_at_startup_and_delivers() {
     assert_eq!(records.len(), 20);
     assert!(records.iter().all(|r| r.schema_id() == id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_failing_after_warm_up_keeps_the_last_known_latest_without_asking_per_row() {
+    let outbox = TestOutbox::new(2).await;
+    let double = SchemaRegistryDouble::start().await;
+    let id = double.register(
+        &format!("{}-value", outbox.topic),
+        "AVRO",
+        r#"{"type": "record", "name": "N", "fields": [{"name": "n", "type": "long"}]}"#,
+    );
+    let mut config = registry_config(&outbox, &double);
+    config.registry.latest_ttl_ms = 200;
+    config
+        .topics
+        .insert(outbox.topic.clone(), topic(Format::Avro));
+    let relay = RunningRelay::start(&config);
+    outbox.insert_rows(10, 5).await;
+    outbox.wait_delivered(10, Duration::from_secs(60)).await;
+
+    double.fail_with(Some(503));
+    tokio::time::sleep(Duration::from_millis(300)).await; // the latest answer is now stale
+    let before = double.requests();
+    let rows = 2_000;
+    outbox.insert_rows(rows, 50).await;
+    outbox
+        .wait_delivered(rows + 10, Duration::from_secs(60))
+        .await;
+    let asked = double.requests() - before;
+    relay.stop().await;
+    println!("registry requests while failing, for {rows} rows on a stale latest: {asked}");
+    assert_eq!(outbox.count("parked").await, 0);
+    assert_eq!(total_attempts(&outbox).await, 0);
+    let records = consume_raw_async(&outbox.topic).await;
+    assert!(records.iter().all(|r| r.schema_id() == id));
+    assert!(
+        asked < rows as u64 / 10,
+        "{asked} registry requests for {rows} rows: each row asks a failing registry again"
+    );
+}

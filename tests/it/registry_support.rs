@@ -117,6 +117,7 @@ pub async fn insert(outbox: &TestOutbox, rows: &[Row]) -> Vec<(i64, Uuid)> {
 }
 
 /// A row's state as the relay left it.
+#[allow(dead_code)] // some fields are only read through Debug, in assertion messages
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RowState {
     pub id: i64,
@@ -173,6 +174,7 @@ pub async fn wait_counts(outbox: &TestOutbox, delivered: i64, parked: i64, timeo
 }
 
 /// One record as Kafka holds it: bytes untouched.
+#[allow(dead_code)] // partition and offset are only read through Debug
 #[derive(Debug, Clone)]
 pub struct RawRecord {
     pub partition: i32,

@@ -145,22 +145,21 @@ impl Registry {
             Some(v) => format!("subject `{subject}` version {v}"),
             None => format!("subject `{subject}` (latest version)"),
         };
-        let registered = match get_schema_by_subject_and_version(&self.settings, subject, version)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                return match (classify(&e, &what), stale) {
-                    // The registry is away: the last known latest is still the best answer,
-                    // and it is kept for another TTL, so that rows do not each ask again.
-                    (RegistryError::Outage(_), Some(id)) => {
-                        self.refresh_latest(subject, id);
-                        self.by_id(id, format, message).await
-                    }
-                    (err, _) => Err(err),
-                };
-            }
-        };
+        let registered =
+            match get_schema_by_subject_and_version(&self.settings, subject, version).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return match (classify(&e, &what), stale) {
+                        // The registry is away: the last known latest is still the best answer,
+                        // and it is kept for another TTL, so that rows do not each ask again.
+                        (RegistryError::Outage(_), Some(id)) => {
+                            self.refresh_latest(subject, id);
+                            self.by_id(id, format, message).await
+                        }
+                        (err, _) => Err(err),
+                    };
+                }
+            };
         let id = registered.id;
         {
             let mut subjects = self.subjects.write().expect("cache lock");

@@ -4,7 +4,8 @@
 //! - by id: a schema id never changes meaning, so its encoder is cached for good;
 //! - by subject and pinned version: the id is cached for good too;
 //! - by subject, latest: the id is reused for `registry.latest_ttl_ms`, then asked again; while
-//!   the registry does not answer, the last answer keeps being used.
+//!   the registry does not answer, the last answer keeps being used (and is asked again once
+//!   per TTL, not once per row).
 //!
 //! Registry errors are classified once, here: unreachable, timeouts, 5xx, 429 and refused
 //! credentials are an [`RegistryError::Outage`] (not the row's fault); an unknown subject,
@@ -144,18 +145,21 @@ impl Registry {
             Some(v) => format!("subject `{subject}` version {v}"),
             None => format!("subject `{subject}` (latest version)"),
         };
-        let registered = match get_schema_by_subject_and_version(&self.settings, subject, version)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                return match (classify(&e, &what), stale) {
-                    // The registry is away: the last known latest is still the best answer.
-                    (RegistryError::Outage(_), Some(id)) => self.by_id(id, format, message).await,
-                    (err, _) => Err(err),
-                };
-            }
-        };
+        let registered =
+            match get_schema_by_subject_and_version(&self.settings, subject, version).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return match (classify(&e, &what), stale) {
+                        // The registry is away: the last known latest is still the best answer,
+                        // and it is kept for another TTL, so that rows do not each ask again.
+                        (RegistryError::Outage(_), Some(id)) => {
+                            self.refresh_latest(subject, id);
+                            self.by_id(id, format, message).await
+                        }
+                        (err, _) => Err(err),
+                    };
+                }
+            };
         let id = registered.id;
         {
             let mut subjects = self.subjects.write().expect("cache lock");
@@ -168,6 +172,18 @@ impl Registry {
             }
         }
         self.remember(registered, id, format, message, &what)
+    }
+
+    /// Keeps `id` as the subject's latest for another TTL (unless a newer answer came meanwhile).
+    fn refresh_latest(&self, subject: &str, id: u32) {
+        let mut subjects = self.subjects.write().expect("cache lock");
+        if let Some(entry) = subjects.get_mut(subject) {
+            if let Some((latest, at)) = &mut entry.latest {
+                if *latest == id {
+                    *at = Instant::now();
+                }
+            }
+        }
     }
 
     /// (fresh id, stale id) known for this subject and version.

@@ -8,4 +8,7 @@ mod crash;
 mod delivery;
 mod helpers;
 mod operators;
+mod registry_support;
+mod serialization;
+mod serialization_failures;
 mod startup;

@@ -1,0 +1,335 @@
+//! Support for the serialization tests: a relay config wired to a registry double, rows with
+//! per-row overrides, a raw-bytes consumer (the Confluent header is read, not parsed away), and
+//! a runner for `tests/interop/decode.py` (confluent-kafka's own deserializers).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use outbox_relay::config::{Config, Format, TopicConfig};
+use outbox_relay::relay::Relay;
+use outbox_relay_testkit::SchemaRegistryDouble;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::helpers::{kafka_bootstrap, TestOutbox};
+
+/// `outbox.config()` with `[registry] url` pointing at `double`.
+pub fn registry_config(outbox: &TestOutbox, double: &SchemaRegistryDouble) -> Config {
+    let mut config = outbox.config();
+    config.registry.url = double.url();
+    config
+}
+
+/// A topic table with this format and nothing else set.
+pub fn topic(format: Format) -> TopicConfig {
+    TopicConfig {
+        format: Some(format),
+        ..TopicConfig::default()
+    }
+}
+
+/// An in-process relay running in the background until [`RunningRelay::stop`].
+pub struct RunningRelay {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl RunningRelay {
+    pub fn start(config: &Config) -> Self {
+        let relay = Relay::new(config).expect("relay builds");
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn({
+            let stop = stop.clone();
+            async move { relay.run(stop).await.expect("relay stops cleanly") }
+        });
+        Self { stop, handle }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.handle.await.expect("relay task");
+    }
+}
+
+/// One outbox row to insert.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub topic: String,
+    pub key: Option<String>,
+    pub payload: serde_json::Value,
+    pub headers: serde_json::Value,
+    pub value_subject: Option<String>,
+    pub value_schema_version: Option<i32>,
+}
+
+impl Row {
+    pub fn new(topic: &str, key: Option<&str>, payload: serde_json::Value) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            key: key.map(str::to_owned),
+            payload,
+            headers: serde_json::json!({}),
+            ..Self::default()
+        }
+    }
+
+    pub fn headers(mut self, headers: serde_json::Value) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    pub fn subject(mut self, subject: &str, version: Option<i32>) -> Self {
+        self.value_subject = Some(subject.to_owned());
+        self.value_schema_version = version;
+        self
+    }
+}
+
+/// Inserts `rows` in one committed transaction, in order; returns (id, event_id) of each.
+pub async fn insert(outbox: &TestOutbox, rows: &[Row]) -> Vec<(i64, Uuid)> {
+    let sql = format!(
+        "INSERT INTO {} (topic, key, payload, headers, value_subject, value_schema_version) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, event_id",
+        outbox.table()
+    );
+    let mut tx = outbox.pool.begin().await.unwrap();
+    let mut ids = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: (i64, Uuid) = sqlx::query_as(&sql)
+            .bind(&r.topic)
+            .bind(&r.key)
+            .bind(&r.payload)
+            .bind(&r.headers)
+            .bind(&r.value_subject)
+            .bind(r.value_schema_version)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    tx.commit().await.unwrap();
+    ids
+}
+
+/// A row's state as the relay left it.
+#[allow(dead_code)] // some fields are only read through Debug, in assertion messages
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RowState {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub topic: String,
+    pub key: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub holds_key: bool,
+}
+
+pub async fn row_states(outbox: &TestOutbox) -> Vec<RowState> {
+    sqlx::query_as(&format!(
+        "SELECT id, event_id, topic, key, status, attempts, last_error, holds_key \
+         FROM {} ORDER BY id",
+        outbox.table()
+    ))
+    .fetch_all(&outbox.pool)
+    .await
+    .unwrap()
+}
+
+/// Sum of `attempts` over every row.
+pub async fn total_attempts(outbox: &TestOutbox) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT coalesce(sum(attempts), 0)::bigint FROM {}",
+        outbox.table()
+    ))
+    .fetch_one(&outbox.pool)
+    .await
+    .unwrap()
+}
+
+/// Waits until exactly-or-more `delivered` and `parked` rows exist; panics after `timeout`.
+pub async fn wait_counts(outbox: &TestOutbox, delivered: i64, parked: i64, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let (d, p) = (
+            outbox.count("delivered").await,
+            outbox.count("parked").await,
+        );
+        if d >= delivered && p >= parked {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "after {timeout:?}: {d} delivered (want {delivered}), {p} parked (want {parked}); \
+             rows: {:#?}",
+            row_states(outbox).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One record as Kafka holds it: bytes untouched.
+#[allow(dead_code)] // partition and offset are only read through Debug
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl RawRecord {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn event_id(&self) -> &str {
+        self.header("event_id").expect("event_id header")
+    }
+
+    pub fn key_str(&self) -> Option<&str> {
+        self.key
+            .as_deref()
+            .map(|k| std::str::from_utf8(k).expect("utf-8 key"))
+    }
+
+    /// The schema id of the Confluent header (magic byte 0, big-endian u32); panics if the
+    /// value is not framed.
+    pub fn schema_id(&self) -> u32 {
+        let v = self.value.as_deref().expect("a value");
+        assert!(
+            v.len() >= 5 && v[0] == 0,
+            "value not in the Confluent wire format: {v:?}"
+        );
+        u32::from_be_bytes([v[1], v[2], v[3], v[4]])
+    }
+}
+
+/// Reads every record of `topic` from the beginning to this moment's high watermarks, as bytes.
+/// Blocking (librdkafka polls); no registry is involved.
+pub fn consume_raw(topic: &str) -> Vec<RawRecord> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", format!("it-raw-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    for p in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .unwrap();
+        remaining += high - low;
+        assignment
+            .add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut out = Vec::with_capacity(remaining as usize);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while remaining > 0 {
+        assert!(Instant::now() < deadline, "timed out reading {topic}");
+        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = msg.expect("consume");
+        let headers = msg
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(RawRecord {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            value: msg.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+        remaining -= 1;
+    }
+    out
+}
+
+/// [`consume_raw`] off the async runtime's threads.
+pub async fn consume_raw_async(topic: &str) -> Vec<RawRecord> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || consume_raw(&topic))
+        .await
+        .unwrap()
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The interop venv's python, made (or checked) once per test binary by `scripts/py-env`.
+async fn python() -> &'static PathBuf {
+    static PYTHON: OnceCell<PathBuf> = OnceCell::const_new();
+    PYTHON
+        .get_or_init(|| async {
+            let out = tokio::process::Command::new(repo().join("scripts/py-env"))
+                .output()
+                .await
+                .expect("run scripts/py-env");
+            assert!(
+                out.status.success(),
+                "scripts/py-env failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let stdout = String::from_utf8(out.stdout).unwrap();
+            let venv = stdout.lines().last().expect("venv path").trim();
+            PathBuf::from(venv).join("bin/python")
+        })
+        .await
+}
+
+/// Runs `tests/interop/decode.py` on `topic` (value `format`, string keys) against `registry`;
+/// returns its JSON lines. Asynchronous on purpose: the in-process double must keep answering
+/// the script while it runs.
+pub async fn decode_with_confluent(
+    registry: &str,
+    topic: &str,
+    format: &str,
+) -> Vec<serde_json::Value> {
+    let out = tokio::process::Command::new(python().await)
+        .arg(repo().join("tests/interop/decode.py"))
+        .args(["--bootstrap", &kafka_bootstrap()])
+        .args(["--registry", registry])
+        .args(["--topic", topic])
+        .args(["--format", format])
+        .output()
+        .await
+        .expect("run decode.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "decode.py exited {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}

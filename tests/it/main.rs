@@ -11,4 +11,5 @@ mod operators;
 mod registry_support;
 mod serialization;
 mod serialization_failures;
+mod serialization_keys;
 mod startup;

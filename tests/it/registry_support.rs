@@ -312,12 +312,23 @@ pub async fn decode_with_confluent(
     topic: &str,
     format: &str,
 ) -> Vec<serde_json::Value> {
+    decode_with_confluent_keys(registry, topic, format, "string").await
+}
+
+/// [`decode_with_confluent`], with the key decoded as `key_format` too.
+pub async fn decode_with_confluent_keys(
+    registry: &str,
+    topic: &str,
+    format: &str,
+    key_format: &str,
+) -> Vec<serde_json::Value> {
     let out = tokio::process::Command::new(python().await)
         .arg(repo().join("tests/interop/decode.py"))
         .args(["--bootstrap", &kafka_bootstrap()])
         .args(["--registry", registry])
         .args(["--topic", topic])
         .args(["--format", format])
+        .args(["--key-format", key_format])
         .output()
         .await
         .expect("run decode.py");

@@ -6,6 +6,9 @@
 mod cli;
 mod crash;
 mod delivery;
+mod failure_support;
+mod failures;
 mod helpers;
+mod mock_cluster;
 mod operators;
 mod startup;

@@ -1,0 +1,1 @@
+//! Failure handling on the real broker: poison rows, dead letters, head-of-line blocking.

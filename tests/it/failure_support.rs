@@ -316,3 +316,13 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
     out.sort_by_key(|r| (r.partition, r.offset));
     out
 }
+
+/// Relay logs on stderr when `OUTBOX_TEST_LOG` is set (e.g. `OUTBOX_TEST_LOG=debug`).
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("OUTBOX_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}

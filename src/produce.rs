@@ -90,6 +90,12 @@ pub enum ProduceError {
 }
 
 impl ProduceError {
+    /// Kafka (the broker or librdkafka) found the record, or the batch it was in, too large.
+    pub fn is_message_too_large(&self) -> bool {
+        matches!(self, Self::Kafka(e)
+            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge))
+    }
+
     pub fn disposition(&self) -> Disposition {
         match self {
             Self::Kafka(e) => classify(e),

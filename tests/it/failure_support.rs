@@ -94,7 +94,6 @@ pub struct RowState {
     pub status: String,
     pub attempts: i32,
     pub last_error: Option<String>,
-    pub next_attempt_at: DateTime<Utc>,
     pub holds_key: bool,
     pub kafka_partition: Option<i32>,
     pub kafka_offset: Option<i64>,
@@ -102,7 +101,7 @@ pub struct RowState {
 
 pub async fn row(outbox: &TestOutbox, id: i64) -> RowState {
     sqlx::query_as(&format!(
-        "SELECT id, key, status, attempts, last_error, next_attempt_at, holds_key, \
+        "SELECT id, key, status, attempts, last_error, holds_key, \
                 kafka_partition, kafka_offset FROM {} WHERE id = $1",
         outbox.table()
     ))
@@ -114,7 +113,7 @@ pub async fn row(outbox: &TestOutbox, id: i64) -> RowState {
 
 pub async fn rows(outbox: &TestOutbox) -> Vec<RowState> {
     sqlx::query_as(&format!(
-        "SELECT id, key, status, attempts, last_error, next_attempt_at, holds_key, \
+        "SELECT id, key, status, attempts, last_error, holds_key, \
                 kafka_partition, kafka_offset FROM {} ORDER BY id",
         outbox.table()
     ))

@@ -13,7 +13,7 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 use crate::failure_support::{
     assert_marks_in_key_order, history, insert, insert_many, install_history, read_topic, row,
-    rows, set_property, wait_status, wait_until, RunningRelay,
+    rows, set_property, wait_status, RunningRelay,
 };
 use crate::helpers::TestOutbox;
 

@@ -307,3 +307,49 @@ async fn retry_delays_double_within_equal_jitter_bounds_and_the_row_is_parked_af
     println!("parked: {reason}");
     assert!(reason.starts_with("gave up after 3 attempts: "), "{reason}");
 }
+
+/// An out-of-order sequence number is fatal for librdkafka's idempotent producer: every later
+/// record fails with `Fatal`. The relay must put a new producer in its place, not take it for an
+/// outage forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_fatal_producer_error_the_relay_replaces_its_producer_and_delivers_in_order() {
+    crate::failure_support::init_logs();
+    let outbox = TestOutbox::new(1).await;
+    let (mock, config) = mock_for(&outbox, TopicConfig::default());
+    install_history(&outbox).await;
+    produce_errors(
+        &mock,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let first = insert(
+        &outbox,
+        &outbox.topic,
+        Some("k"),
+        serde_json::json!({"key": "k", "n": 0}),
+    )
+    .await;
+    insert_many(&outbox, &outbox.topic, "k", 3).await;
+    insert_many(&outbox, &outbox.topic, "j", 3).await;
+
+    let relay = RunningRelay::start(&config);
+    outbox.wait_delivered(7, Duration::from_secs(20)).await;
+    relay.stop().await;
+
+    let head = row(&outbox, first).await;
+    println!(
+        "row {first}: attempts {} changes {:?}",
+        head.attempts,
+        history(&outbox, first)
+            .await
+            .iter()
+            .map(|c| (&c.status, c.attempts, c.last_error.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        head.attempts <= 1,
+        "the fatal error burned at most the attempt that met it"
+    );
+    assert_eq!(assert_marks_in_key_order(&rows(&outbox).await), 7);
+    let records = read_topic(&mock.bootstrap_servers(), &outbox.topic);
+    assert_eq!(records.len(), 7, "each row once");
+}

@@ -388,6 +388,8 @@ async fn a_parked_row_is_copied_to_the_dead_letter_topic_with_its_reason_and_sta
         },
     );
     let poison = insert(&outbox, &small, Some("k"), big_payload(6_000)).await;
+    // Both travel in the poison row's record batch, which Kafka refuses as a whole.
+    let held = insert(&outbox, &small, Some("k"), serde_json::json!({"n": 0})).await;
     let fine = insert(&outbox, &small, Some("other"), serde_json::json!({"n": 1})).await;
     // Same failure on a topic without a dead-letter topic: parked, copied nowhere.
     let poison_plain = insert(&outbox, &plain, Some("k"), big_payload(6_000)).await;
@@ -432,6 +434,11 @@ async fn a_parked_row_is_copied_to_the_dead_letter_topic_with_its_reason_and_sta
     assert_eq!(c.json(), big_payload_of(&outbox, poison).await);
     assert_eq!(dead_lettered, 1);
     assert_eq!(row(&outbox, poison).await.status, "parked", "stays parked");
+    assert_eq!(
+        row(&outbox, held).await.status,
+        "pending",
+        "held behind the poison row"
+    );
     assert_eq!(
         read_topic(&kafka_bootstrap(), &small).len(),
         1,

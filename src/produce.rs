@@ -1,6 +1,7 @@
 //! The Kafka producer: built with `acks=all` and idempotence, fed claimed rows, and the single
 //! place where Kafka errors are classified into what the relay must do.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -90,6 +91,12 @@ pub enum ProduceError {
 }
 
 impl ProduceError {
+    /// Kafka (the broker or librdkafka) found the record, or the batch it was in, too large.
+    pub fn is_message_too_large(&self) -> bool {
+        matches!(self, Self::Kafka(e)
+            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge))
+    }
+
     pub fn disposition(&self) -> Disposition {
         match self {
             Self::Kafka(e) => classify(e),
@@ -101,23 +108,51 @@ impl ProduceError {
 /// The relay's producer.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    /// Replaced by a new producer after a fatal error (see [`Producer::probe`]).
+    inner: Arc<RwLock<FutureProducer>>,
+    client_config: ClientConfig,
     headers: HeadersConfig,
     metadata_timeout: Duration,
 }
 
 impl Producer {
     pub fn new(kafka: &KafkaConfig, headers: &HeadersConfig) -> Result<Self, KafkaError> {
+        let client_config = client_config(kafka);
         Ok(Self {
-            inner: client_config(kafka).create()?,
+            inner: Arc::new(RwLock::new(client_config.create()?)),
+            client_config,
             headers: headers.clone(),
             metadata_timeout: Duration::from_millis(kafka.metadata_timeout_ms),
         })
     }
 
-    /// Does Kafka answer a metadata request? (Blocking call run off the async threads.)
+    fn current(&self) -> FutureProducer {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The idempotent producer cannot go on after a fatal error (e.g. its sequence numbers
+    /// desynchronized from the broker's): every later record fails with `Fatal`, which the relay
+    /// takes for an outage, forever. Put a new producer (a new producer id) in its place; the
+    /// rows that failed stayed pending and go again.
+    fn replace_if_fatal(&self) -> Result<(), KafkaError> {
+        if self.current().client().fatal_error().is_none() {
+            return Ok(());
+        }
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        // Another caller may have replaced it meanwhile.
+        if let Some((code, reason)) = inner.client().fatal_error() {
+            tracing::error!(error = %reason, ?code,
+                "the Kafka producer hit a fatal error; replacing it with a new producer");
+            *inner = self.client_config.create()?;
+        }
+        Ok(())
+    }
+
+    /// Does Kafka answer a metadata request? (Blocking call run off the async threads.) A
+    /// producer that hit a fatal error is replaced first.
     pub async fn probe(&self) -> Result<(), KafkaError> {
-        let producer = self.inner.clone();
+        self.replace_if_fatal()?;
+        let producer = self.current();
         let timeout = self.metadata_timeout;
         tokio::task::spawn_blocking(move || {
             producer
@@ -218,8 +253,9 @@ impl Producer {
         if let Some(key) = key {
             record = record.key(key);
         }
+        let producer = self.current();
         loop {
-            match self.inner.send_result(record) {
+            match producer.send_result(record) {
                 Ok(future) => return Ok(future),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
@@ -269,7 +305,7 @@ impl Producer {
 
     /// Waits up to `timeout` for everything queued to be acknowledged.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.inner.flush(Timeout::After(timeout))
+        self.current().flush(Timeout::After(timeout))
     }
 }
 

@@ -145,9 +145,12 @@ impl Outbox {
              FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS d(id, partition, kafka_offset) \
              WHERE o.id = d.id AND o.status = 'pending'"
         );
+        // The delay counts from the failure (clock_timestamp()), not from the claim: now() is
+        // the transaction's start, and a batch can wait message.timeout.ms for its reports.
         let reschedule_sql = format!(
             "UPDATE {t} AS o SET attempts = o.attempts + 1, \
-                 next_attempt_at = now() + make_interval(secs => f.delay), last_error = f.error \
+                 next_attempt_at = clock_timestamp() + make_interval(secs => f.delay), \
+                 last_error = f.error \
              FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS f(id, error, delay) \
              WHERE o.id = f.id AND o.status = 'pending'"
         );

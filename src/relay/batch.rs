@@ -38,6 +38,9 @@ struct Failure {
     index: usize,
     reason: String,
     disposition: Disposition,
+    /// Kafka refused the record batch this row travelled in as too large: maybe because of
+    /// another record of that batch.
+    batch_too_large: bool,
 }
 
 impl Shared {
@@ -86,6 +89,7 @@ impl Shared {
                         index,
                         disposition: e.disposition(),
                         reason: e.to_string(),
+                        batch_too_large: false,
                     });
                 }
             }
@@ -107,10 +111,25 @@ impl Shared {
                 Ok((partition, offset)) => delivered.push((index, partition, offset)),
                 Err(e) => failures.push(Failure {
                     index,
+                    batch_too_large: e.is_message_too_large(),
                     disposition: e.disposition(),
                     reason: e.to_string(),
                 }),
             }
+        }
+        // 2b. Kafka refuses a whole record batch when one record of it is too large, and
+        //     librdkafka fails every record of that batch with the same error: parking them
+        //     all would park innocent rows. Send those rows again one at a time.
+        let suspects: Vec<usize> = failures
+            .iter()
+            .filter(|f| f.batch_too_large)
+            .map(|f| f.index)
+            .collect();
+        if suspects.len() > 1 {
+            failures.retain(|f| !f.batch_too_large);
+            untouched += self
+                .one_at_a_time(&rows, suspects, &mut delivered, &mut failures)
+                .await;
         }
         self.note_out_of_order(&rows, &delivered, &failures);
 
@@ -210,6 +229,67 @@ impl Shared {
             "batch done"
         );
         Ok(outcome)
+    }
+
+    /// Sends `indexes` one row at a time, each waiting for its delivery report, in id order;
+    /// a failed row leaves the later rows of its key untouched. Returns how many were untouched.
+    async fn one_at_a_time(
+        &self,
+        rows: &[ClaimedRow],
+        mut indexes: Vec<usize>,
+        delivered: &mut Vec<(usize, i32, i64)>,
+        failures: &mut Vec<Failure>,
+    ) -> usize {
+        indexes.sort_unstable();
+        let mut blocked: HashSet<(&str, &str)> = HashSet::new();
+        let mut untouched = 0;
+        for index in indexes {
+            let row = &rows[index];
+            let key = row.key.as_deref().map(|k| (row.topic.as_str(), k));
+            if key.is_some_and(|k| blocked.contains(&k)) {
+                untouched += 1;
+                continue;
+            }
+            let result = match self
+                .serializer
+                .serialize(row, self.policies.get(&row.topic))
+                .await
+            {
+                Ok(encoded) => match self.producer.enqueue(row, &encoded).await {
+                    Ok(delivery) => match delivery.await {
+                        Ok(Ok(d)) => Ok((d.partition, d.offset)),
+                        Ok(Err((e, _))) => Err(ProduceError::from(e)),
+                        Err(_canceled) => {
+                            Err(ProduceError::from(rdkafka::error::KafkaError::Canceled))
+                        }
+                    },
+                    Err(e) => Err(e),
+                },
+                Err(SerializeError::Outage(_)) => {
+                    if let Some(k) = key {
+                        blocked.insert(k);
+                    }
+                    untouched += 1;
+                    continue;
+                }
+                Err(SerializeError::Poison(why)) => Err(ProduceError::BadRow(why)),
+            };
+            match result {
+                Ok((partition, offset)) => delivered.push((index, partition, offset)),
+                Err(e) => {
+                    if let Some(k) = key {
+                        blocked.insert(k);
+                    }
+                    failures.push(Failure {
+                        index,
+                        disposition: e.disposition(),
+                        reason: e.to_string(),
+                        batch_too_large: false,
+                    });
+                }
+            }
+        }
+        untouched
     }
 
     /// librdkafka can fail one record and still deliver a later one of the same partition;

@@ -6,7 +6,10 @@
 mod cli;
 mod crash;
 mod delivery;
+mod failure_support;
+mod failures;
 mod helpers;
+mod mock_cluster;
 mod operators;
 mod registry_support;
 mod serialization;

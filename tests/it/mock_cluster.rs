@@ -1,0 +1,355 @@
+//! Produce errors injected with librdkafka's mock cluster: what the relay writes on the row
+//! (attempts, last_error, next_attempt_at, status) for retriable errors, non-retriable errors,
+//! authorization errors, and how its retry delays grow.
+//!
+//! The mock cluster is one in-process broker; the outbox is still real Postgres.
+
+use std::time::Duration;
+
+use outbox_relay::config::{Config, TopicConfig};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+use crate::failure_support::{
+    assert_marks_in_key_order, history, insert, insert_many, install_history, read_topic, row,
+    rows, set_property, wait_status, RunningRelay,
+};
+use crate::helpers::TestOutbox;
+
+type Mock = MockCluster<'static, DefaultProducerContext>;
+
+/// A mock broker holding this outbox's topic (1 partition), and a relay config pointing at it.
+fn mock_for(outbox: &TestOutbox, topic: TopicConfig) -> (Mock, Config) {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic(&outbox.topic, 1, 1).expect("mock topic");
+    let mut config = outbox.config();
+    config.kafka.bootstrap_servers = mock.bootstrap_servers();
+    config.kafka.metadata_timeout_ms = 2_000;
+    // Let the relay see each failure quickly: librdkafka retries a retriable error once, fast.
+    set_property(&mut config, "message.send.max.retries", "1");
+    set_property(&mut config, "retry.backoff.ms", "10");
+    set_property(&mut config, "retry.backoff.max.ms", "10");
+    set_property(&mut config, "linger.ms", "20");
+    config.topics.insert(outbox.topic.clone(), topic);
+    (mock, config)
+}
+
+fn produce_errors(mock: &Mock, errors: &[RDKafkaRespErr]) {
+    mock.request_errors(RDKafkaApiKey::Produce, errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retriable_errors_cost_attempts_then_the_row_is_delivered_before_later_rows_of_its_key() {
+    let outbox = TestOutbox::new(1).await;
+    let (mock, config) = mock_for(
+        &outbox,
+        TopicConfig {
+            retry_base_ms: Some(100),
+            retry_cap_ms: Some(1_000),
+            max_attempts: Some(10),
+            ..TopicConfig::default()
+        },
+    );
+    install_history(&outbox).await;
+    let first = insert(
+        &outbox,
+        &outbox.topic,
+        Some("k"),
+        serde_json::json!({"key": "k", "n": 0}),
+    )
+    .await;
+    let later = insert_many(&outbox, &outbox.topic, "k", 4).await;
+    let others = insert_many(&outbox, &outbox.topic, "other", 3).await;
+    // Each relay attempt meets two of them (the send and librdkafka's one retry): two failed
+    // attempts, then success.
+    produce_errors(
+        &mock,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 4],
+    );
+
+    let relay = RunningRelay::start(&config);
+    outbox.wait_delivered(8, Duration::from_secs(30)).await;
+    relay.stop().await;
+
+    let head = row(&outbox, first).await;
+    let changes = history(&outbox, first).await;
+    println!(
+        "row {first}: attempts {}, last_error {:?}",
+        head.attempts, head.last_error
+    );
+    for c in &changes {
+        println!(
+            "  {} attempts={} error={:?}",
+            c.status, c.attempts, c.last_error
+        );
+    }
+    assert_eq!(head.status, "delivered");
+    assert!(head.attempts >= 1, "the failures were counted: {head:?}");
+    let failures: Vec<_> = changes.iter().filter(|c| c.status == "pending").collect();
+    assert_eq!(
+        failures.len() as i32,
+        head.attempts,
+        "one recorded failure per attempt"
+    );
+    for f in &failures {
+        let e = f.last_error.as_deref().unwrap_or_default();
+        assert!(
+            e.contains("NotEnoughReplicas") || e.to_lowercase().contains("not enough"),
+            "last_error names the error: {e}"
+        );
+    }
+    let all = rows(&outbox).await;
+    assert_eq!(assert_marks_in_key_order(&all), 8);
+
+    // The mock topic itself: each row exactly once, key k's rows in id order.
+    let records = read_topic(&mock.bootstrap_servers(), &outbox.topic);
+    assert_eq!(records.len(), 8, "every row exactly once: {records:?}");
+    let k_order: Vec<i64> = records
+        .iter()
+        .filter(|r| r.key.as_deref() == Some("k"))
+        .map(|r| r.json()["n"].as_i64().unwrap())
+        .collect();
+    println!("key k in the mock topic, by offset: {k_order:?}; others {others:?}, later {later:?}");
+    assert_eq!(k_order, [0, 1, 2, 3, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_retriable_error_parks_the_row_at_once_with_a_readable_reason() {
+    let outbox = TestOutbox::new(1).await;
+    let (mock, config) = mock_for(&outbox, TopicConfig::default());
+    let relay = RunningRelay::start(&config);
+    let mut parked = Vec::new();
+    for (key, error) in [
+        ("invalid", RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD),
+        (
+            "too-large",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+        ),
+    ] {
+        produce_errors(&mock, &[error]);
+        let id = insert(
+            &outbox,
+            &outbox.topic,
+            Some(key),
+            serde_json::json!({"key": key}),
+        )
+        .await;
+        let r = wait_status(&outbox, id, "parked", Duration::from_secs(20)).await;
+        println!(
+            "{error:?}: row {id} parked, attempts {}, reason {:?}",
+            r.attempts, r.last_error
+        );
+        assert_eq!(r.attempts, 1, "parked at the first failure: {r:?}");
+        assert!(r.holds_key, "hold-key is the default");
+        parked.push(r);
+    }
+    assert!(
+        parked[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("InvalidRecord"),
+        "{parked:?}"
+    );
+    assert!(
+        parked[1]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("MessageSizeTooLarge"),
+        "{parked:?}"
+    );
+
+    // The producer is still usable: a later row of a parked key waits, other keys go.
+    let waiting = insert(
+        &outbox,
+        &outbox.topic,
+        Some("invalid"),
+        serde_json::json!({"n": 1}),
+    )
+    .await;
+    let fine = insert(
+        &outbox,
+        &outbox.topic,
+        Some("fine"),
+        serde_json::json!({"n": 2}),
+    )
+    .await;
+    wait_status(&outbox, fine, "delivered", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.stop().await;
+    assert_eq!(row(&outbox, waiting).await.status, "pending");
+    let records = read_topic(&mock.bootstrap_servers(), &outbox.topic);
+    assert_eq!(
+        records.len(),
+        1,
+        "only the fine row reached the mock topic: {records:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_authorization_error_is_an_outage_that_parks_nothing_and_burns_no_attempt() {
+    let outbox = TestOutbox::new(1).await;
+    let (mock, config) = mock_for(&outbox, TopicConfig::default());
+    install_history(&outbox).await;
+    produce_errors(
+        &mock,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 3],
+    );
+    let ids = insert_many(&outbox, &outbox.topic, "k", 3).await;
+
+    let relay = RunningRelay::start(&config);
+    outbox.wait_delivered(3, Duration::from_secs(30)).await;
+    relay.stop().await;
+
+    for id in ids {
+        let r = row(&outbox, id).await;
+        let changes = history(&outbox, id).await;
+        println!(
+            "row {id}: {} attempts {} changes {:?}",
+            r.status,
+            r.attempts,
+            changes
+                .iter()
+                .map(|c| (&c.status, c.attempts))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(r.attempts, 0, "no attempt burned: {r:?}");
+        assert!(
+            changes.iter().all(|c| c.status == "delivered"),
+            "never rescheduled or parked: {changes:?}"
+        );
+    }
+    assert_marks_in_key_order(&rows(&outbox).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_delays_double_within_equal_jitter_bounds_and_the_row_is_parked_after_max_attempts() {
+    let outbox = TestOutbox::new(1).await;
+    let (mock, mut config) = mock_for(
+        &outbox,
+        TopicConfig {
+            retry_base_ms: Some(400),
+            max_attempts: Some(3),
+            ..TopicConfig::default()
+        },
+    );
+    // Failures surface the way they do in production: librdkafka retries on its own until the
+    // message times out (here after 1 s), then the relay sees the failure.
+    config.kafka.properties.remove("message.send.max.retries");
+    set_property(&mut config, "retry.backoff.ms", "50");
+    set_property(&mut config, "retry.backoff.max.ms", "50");
+    set_property(&mut config, "message.timeout.ms", "1000");
+    install_history(&outbox).await;
+    produce_errors(
+        &mock,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 500],
+    );
+    let id = insert(
+        &outbox,
+        &outbox.topic,
+        Some("k"),
+        serde_json::json!({"n": 1}),
+    )
+    .await;
+
+    let relay = RunningRelay::start(&config);
+    let parked = wait_status(&outbox, id, "parked", Duration::from_secs(30)).await;
+    relay.stop().await;
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
+
+    let changes = history(&outbox, id).await;
+    let mut delays = Vec::new();
+    for c in &changes {
+        let delay = (c.next_attempt_at - c.at).num_milliseconds();
+        println!(
+            "attempts={} {} at {} next_attempt_at - failure = {delay} ms; {:?}",
+            c.attempts,
+            c.status,
+            c.at.format("%H:%M:%S%.3f"),
+            c.last_error
+        );
+        if c.status == "pending" {
+            delays.push(delay);
+        }
+    }
+    for w in changes.windows(2) {
+        println!(
+            "  between attempts {} and {}: {} ms",
+            w[0].attempts,
+            w[1].attempts,
+            (w[1].at - w[0].at).num_milliseconds()
+        );
+    }
+    assert_eq!(
+        changes.len(),
+        3,
+        "two reschedules then the park: {changes:?}"
+    );
+    assert_eq!(delays.len(), 2);
+    // Equal jitter: after failure n the delay is in [d/2, d] with d = 400 ms × 2^(n-1). A few ms
+    // of slack for the gap between the relay's UPDATE and the trigger's clock.
+    let slack = 15;
+    assert!(
+        (200 - slack..=400 + slack).contains(&delays[0]),
+        "first delay {} ms",
+        delays[0]
+    );
+    assert!(
+        (400 - slack..=800 + slack).contains(&delays[1]),
+        "second delay {} ms",
+        delays[1]
+    );
+    println!("delay growth: ×{:.2}", delays[1] as f64 / delays[0] as f64);
+    assert_eq!(parked.attempts, 3);
+    let reason = parked.last_error.unwrap_or_default();
+    println!("parked: {reason}");
+    assert!(reason.starts_with("gave up after 3 attempts: "), "{reason}");
+}
+
+/// An out-of-order sequence number is fatal for librdkafka's idempotent producer: every later
+/// record fails with `Fatal`. The relay must put a new producer in its place, not take it for an
+/// outage forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_fatal_producer_error_the_relay_replaces_its_producer_and_delivers_in_order() {
+    crate::failure_support::init_logs();
+    let outbox = TestOutbox::new(1).await;
+    let (mock, config) = mock_for(&outbox, TopicConfig::default());
+    install_history(&outbox).await;
+    produce_errors(
+        &mock,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let first = insert(
+        &outbox,
+        &outbox.topic,
+        Some("k"),
+        serde_json::json!({"key": "k", "n": 0}),
+    )
+    .await;
+    insert_many(&outbox, &outbox.topic, "k", 3).await;
+    insert_many(&outbox, &outbox.topic, "j", 3).await;
+
+    let relay = RunningRelay::start(&config);
+    outbox.wait_delivered(7, Duration::from_secs(20)).await;
+    relay.stop().await;
+
+    let head = row(&outbox, first).await;
+    println!(
+        "row {first}: attempts {} changes {:?}",
+        head.attempts,
+        history(&outbox, first)
+            .await
+            .iter()
+            .map(|c| (&c.status, c.attempts, c.last_error.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        head.attempts <= 1,
+        "the fatal error burned at most the attempt that met it"
+    );
+    assert_eq!(assert_marks_in_key_order(&rows(&outbox).await), 7);
+    let records = read_topic(&mock.bootstrap_servers(), &outbox.topic);
+    assert_eq!(records.len(), 7, "each row once");
+}

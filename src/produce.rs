@@ -105,6 +105,15 @@ impl ProduceError {
     }
 }
 
+/// Waits for a record's delivery report: where Kafka put it (partition, offset), or why not.
+pub async fn delivery_report(delivery: DeliveryFuture) -> Result<(i32, i64), ProduceError> {
+    match delivery.await {
+        Ok(Ok(d)) => Ok((d.partition, d.offset)),
+        Ok(Err((e, _))) => Err(e.into()),
+        Err(_canceled) => Err(KafkaError::Canceled.into()),
+    }
+}
+
 /// The relay's producer.
 #[derive(Clone)]
 pub struct Producer {

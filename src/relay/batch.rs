@@ -11,12 +11,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::future::join_all;
+use rdkafka::producer::DeliveryFuture;
 use tracing::{debug, error, warn};
 
 use super::Shared;
 use crate::config::OnParked;
 use crate::outbox::{ClaimedRow, Delivered, Failed, Parked, StoreError};
-use crate::produce::{Disposition, ProduceError};
+use crate::produce::{delivery_report, Disposition, ProduceError};
 use crate::retry::{jitter_unit, RetryDecision};
 use crate::serialize::SerializeError;
 
@@ -43,7 +44,32 @@ struct Failure {
     batch_too_large: bool,
 }
 
+/// Why a row was not handed to librdkafka.
+enum HandOver {
+    /// The registry is away: not the row's fault.
+    RegistryAway(String),
+    /// The row cannot be serialized, or librdkafka refused it.
+    Failed(ProduceError),
+}
+
 impl Shared {
+    /// Serializes `row` and hands it to librdkafka.
+    async fn hand_over(&self, row: &ClaimedRow) -> Result<DeliveryFuture, HandOver> {
+        match self
+            .serializer
+            .serialize(row, self.policies.get(&row.topic))
+            .await
+        {
+            Ok(encoded) => self
+                .producer
+                .enqueue(row, &encoded)
+                .await
+                .map_err(HandOver::Failed),
+            Err(SerializeError::Outage(why)) => Err(HandOver::RegistryAway(why)),
+            Err(SerializeError::Poison(why)) => Err(HandOver::Failed(ProduceError::BadRow(why))),
+        }
+    }
+
     pub(super) async fn run_batch(&self) -> Result<BatchOutcome, StoreError> {
         let mut tx = self.outbox.begin().await?;
         let rows = self.outbox.claim(&mut tx, self.config.batch_size).await?;
@@ -67,21 +93,15 @@ impl Shared {
                 untouched += 1;
                 continue;
             }
-            let policy = self.policies.get(&row.topic);
-            let sent = match self.serializer.serialize(row, policy).await {
-                Ok(encoded) => self.producer.enqueue(row, &encoded).await,
-                Err(SerializeError::Outage(why)) => {
+            match self.hand_over(row).await {
+                Ok(delivery) => in_flight.push((index, delivery)),
+                Err(HandOver::RegistryAway(why)) => {
                     // Not the row's fault; and asking again for the next rows would only
                     // hammer a registry that is away.
                     outcome.registry_outage = Some(why);
                     untouched += 1;
-                    continue;
                 }
-                Err(SerializeError::Poison(why)) => Err(ProduceError::BadRow(why)),
-            };
-            match sent {
-                Ok(delivery) => in_flight.push((index, delivery)),
-                Err(e) => {
+                Err(HandOver::Failed(e)) => {
                     if let Some(k) = key {
                         blocked.insert(k);
                     }
@@ -96,14 +116,11 @@ impl Shared {
         }
 
         // 2. Wait for every delivery report.
-        let reports = join_all(in_flight.into_iter().map(|(index, delivery)| async move {
-            let result = match delivery.await {
-                Ok(Ok(d)) => Ok((d.partition, d.offset)),
-                Ok(Err((e, _))) => Err(ProduceError::from(e)),
-                Err(_canceled) => Err(ProduceError::from(rdkafka::error::KafkaError::Canceled)),
-            };
-            (index, result)
-        }))
+        let reports = join_all(
+            in_flight
+                .into_iter()
+                .map(|(index, delivery)| async move { (index, delivery_report(delivery).await) }),
+        )
         .await;
         let mut delivered = Vec::with_capacity(reports.len());
         for (index, result) in reports {
@@ -250,29 +267,16 @@ impl Shared {
                 untouched += 1;
                 continue;
             }
-            let result = match self
-                .serializer
-                .serialize(row, self.policies.get(&row.topic))
-                .await
-            {
-                Ok(encoded) => match self.producer.enqueue(row, &encoded).await {
-                    Ok(delivery) => match delivery.await {
-                        Ok(Ok(d)) => Ok((d.partition, d.offset)),
-                        Ok(Err((e, _))) => Err(ProduceError::from(e)),
-                        Err(_canceled) => {
-                            Err(ProduceError::from(rdkafka::error::KafkaError::Canceled))
-                        }
-                    },
-                    Err(e) => Err(e),
-                },
-                Err(SerializeError::Outage(_)) => {
+            let result = match self.hand_over(row).await {
+                Ok(delivery) => delivery_report(delivery).await,
+                Err(HandOver::Failed(e)) => Err(e),
+                Err(HandOver::RegistryAway(_)) => {
                     if let Some(k) = key {
                         blocked.insert(k);
                     }
                     untouched += 1;
                     continue;
                 }
-                Err(SerializeError::Poison(why)) => Err(ProduceError::BadRow(why)),
             };
             match result {
                 Ok((partition, offset)) => delivered.push((index, partition, offset)),

@@ -139,8 +139,10 @@ impl Outbox {
                    AND e.id NOT IN (SELECT id FROM cand)) \
              ORDER BY o.id"
         );
+        // delivered_at is when the acknowledgement was recorded (clock_timestamp()), not when
+        // the batch's transaction began (now()).
         let mark_delivered_sql = format!(
-            "UPDATE {t} AS o SET status = 'delivered', delivered_at = now(), \
+            "UPDATE {t} AS o SET status = 'delivered', delivered_at = clock_timestamp(), \
                  kafka_partition = d.partition, kafka_offset = d.kafka_offset, last_error = NULL \
              FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS d(id, partition, kafka_offset) \
              WHERE o.id = d.id AND o.status = 'pending'"

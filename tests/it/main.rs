@@ -8,4 +8,7 @@ mod crash;
 mod delivery;
 mod helpers;
 mod operators;
+mod outages;
+mod stack_support;
 mod startup;
+mod three_relays;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{database_url, kafka_bootstrap};
 use crate::stack_support::{
-    check_order, log_count, outbox_at, relay_config, tally, try_count, wait_no_pending,
+    check_order, log_count, log_dir, outbox_at, relay_config, tally, try_count, wait_no_pending,
     DedicatedKafka, DedicatedPostgres, RelayProcess, Writer,
 };
 
@@ -36,18 +36,18 @@ async fn kafka_broker_killed_for_30_s_under_load_then_restarted_loses_nothing_an
     let kafka = DedicatedKafka::start(KAFKA_DIR, KAFKA_PORT).await;
     let bootstrap = kafka.bootstrap();
     let outbox = outbox_at(&database_url(), &bootstrap, 3).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = log_dir("kafka_outage");
     // Records time out in librdkafka well within the outage, so the relay sees delivery
     // failures (not just slow acknowledgements) while the broker is away.
     let config = relay_config(
-        dir.path(),
+        dir.as_path(),
         "relay",
         &database_url(),
         &outbox,
         &bootstrap,
         "[kafka.properties]\n\"message.timeout.ms\" = 10000\n",
     );
-    let mut relay = RelayProcess::spawn(&config, dir.path().join("relay.log"));
+    let mut relay = RelayProcess::spawn(&config, dir.as_path().join("relay.log"));
     let writer = Writer::start(&outbox, 50, Duration::from_millis(100), KEYS, i64::MAX);
     let table = outbox.table();
     wait_delivered_at_least(&outbox.pool, &table, 1_000, Duration::from_secs(60)).await;
@@ -94,9 +94,9 @@ async fn postgres_crashed_twice_under_load_the_relay_reconnects_by_itself_and_lo
     let pg = DedicatedPostgres::start(PG_DIR, PG_PORT).await;
     let bootstrap = kafka_bootstrap();
     let outbox = outbox_at(&pg.url(), &bootstrap, 3).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = relay_config(dir.path(), "relay", &pg.url(), &outbox, &bootstrap, "");
-    let mut relay = RelayProcess::spawn(&config, dir.path().join("relay.log"));
+    let dir = log_dir("postgres_crash");
+    let config = relay_config(dir.as_path(), "relay", &pg.url(), &outbox, &bootstrap, "");
+    let mut relay = RelayProcess::spawn(&config, dir.as_path().join("relay.log"));
     let writer = Writer::start(&outbox, 50, Duration::from_millis(100), KEYS, i64::MAX);
     let table = outbox.table();
     wait_delivered_at_least(&outbox.pool, &table, 1_000, Duration::from_secs(60)).await;

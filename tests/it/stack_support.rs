@@ -256,6 +256,15 @@ impl Drop for RelayProcess {
     }
 }
 
+/// A fresh directory for one test's configs and relay logs, kept after the run (for reading
+/// when something failed): /var/tmp/outbox-relay-test-logs/<name>.
+pub fn log_dir(name: &str) -> PathBuf {
+    let dir = Path::new("/var/tmp/outbox-relay-test-logs").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();

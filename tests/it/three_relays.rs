@@ -9,7 +9,7 @@ use rand::Rng;
 
 use crate::helpers::{kafka_bootstrap, TestOutbox};
 use crate::stack_support::{
-    check_order, relay_config, tally, try_count, RelayProcess, Writer,
+    check_order, log_dir, relay_config, tally, try_count, RelayProcess, Writer,
 };
 
 const ROWS: i64 = 50_000;
@@ -23,17 +23,17 @@ async fn three_relays_with_one_killed_every_1_to_2_s_lose_nothing_and_keep_every
     let outbox = TestOutbox::new(6).await;
     // Half in one transaction up front, half written in chunks while the relays run.
     outbox.insert_rows(UP_FRONT, KEYS).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = log_dir("three_relays");
     let bootstrap = kafka_bootstrap();
     let config = relay_config(
-        dir.path(),
+        dir.as_path(),
         "relay",
         &crate::helpers::database_url(),
         &outbox,
         &bootstrap,
         "",
     );
-    let log = |name: String| dir.path().join(format!("{name}.log"));
+    let log = |name: String| dir.as_path().join(format!("{name}.log"));
     let mut victim = RelayProcess::spawn(&config, log("a-0".into()));
     let mut steady = [
         RelayProcess::spawn(&config, log("b".into())),

@@ -233,6 +233,19 @@ impl RelayProcess {
         }
     }
 
+    /// Like `spawn`, with one debug line per batch ("batch done", with its counts) in the log.
+    pub fn spawn_logging_batches(config: &Path, log: PathBuf) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+            .args(["--config", config.to_str().unwrap(), "run"])
+            .env("RUST_LOG", "info,outbox_relay::relay::batch=debug")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn outbox-relay");
+        Self { child, log }
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -269,6 +282,43 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Rows delivered according to a log's "batch done" lines (see `spawn_logging_batches`), and
+/// how many such batches there were.
+pub fn batches_logged(path: &Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut rows = 0;
+    let mut batches = 0;
+    for line in text.lines().filter(|l| l.contains("batch done")) {
+        batches += 1;
+        let plain: String = strip_ansi(line);
+        if let Some(n) = plain
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("delivered="))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            rows += n;
+        }
+    }
+    (rows, batches)
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// How many lines of a log contain `needle`.

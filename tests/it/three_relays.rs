@@ -9,7 +9,7 @@ use rand::Rng;
 
 use crate::helpers::{kafka_bootstrap, TestOutbox};
 use crate::stack_support::{
-    check_order, log_dir, relay_config, tally, try_count, RelayProcess, Writer,
+    batches_logged, check_order, log_dir, relay_config, tally, try_count, RelayProcess, Writer,
 };
 
 const ROWS: i64 = 50_000;
@@ -34,10 +34,10 @@ async fn three_relays_with_one_killed_every_1_to_2_s_lose_nothing_and_keep_every
         "",
     );
     let log = |name: String| dir.as_path().join(format!("{name}.log"));
-    let mut victim = RelayProcess::spawn(&config, log("a-0".into()));
+    let mut victim = RelayProcess::spawn_logging_batches(&config, log("a-0".into()));
     let mut steady = [
-        RelayProcess::spawn(&config, log("b".into())),
-        RelayProcess::spawn(&config, log("c".into())),
+        RelayProcess::spawn_logging_batches(&config, log("b".into())),
+        RelayProcess::spawn_logging_batches(&config, log("c".into())),
     ];
     let writer = Writer::start(
         &outbox,
@@ -69,20 +69,33 @@ async fn three_relays_with_one_killed_every_1_to_2_s_lose_nothing_and_keep_every
         victim.assert_running();
         victim.kill();
         kills += 1;
-        victim = RelayProcess::spawn(&config, log(format!("a-{kills}")));
+        victim = RelayProcess::spawn_logging_batches(&config, log(format!("a-{kills}")));
     }
     let took = start.elapsed();
     let written = writer.stop().await;
     drop(victim);
     drop(steady);
 
+    let (mut victim_rows, mut victim_batches) = (0, 0);
+    for i in 0..=kills {
+        let (r, b) = batches_logged(&log(format!("a-{i}")));
+        victim_rows += r;
+        victim_batches += b;
+    }
+    let steady_rows: Vec<u64> = ["b", "c"]
+        .iter()
+        .map(|n| batches_logged(&log((*n).into())).0)
+        .collect();
+
     let (rows, delivered, parked, attempts) = tally(&outbox).await;
     let report = check_order(&outbox, &bootstrap).await;
     println!(
         "three relays, one SIGKILLed {kills} times: {rows} rows ({UP_FRONT} up front, {written} \
          while running) delivered in {took:?}; duplicates {}; parked {parked}, sum(attempts) \
-         {attempts}\n{report}",
-        report.duplicates
+         {attempts}; the killed instance's {} lives marked {victim_rows} rows in \
+         {victim_batches} batches, the steady ones {steady_rows:?}\n{report}",
+        report.duplicates,
+        kills + 1,
     );
     assert!(kills >= 3, "only {kills} kills: the run proved little");
     assert_eq!(rows, ROWS);

@@ -31,8 +31,8 @@ async fn wait_delivered_at_least(pool: &sqlx::PgPool, table: &str, n: i64, timeo
 }
 
 #[tokio::test]
-async fn kafka_broker_killed_for_30_s_under_load_then_restarted_loses_nothing_and_burns_no_attempt(
-) {
+async fn kafka_broker_killed_for_30_s_under_load_then_restarted_loses_nothing_and_burns_no_attempt()
+{
     let kafka = DedicatedKafka::start(KAFKA_DIR, KAFKA_PORT).await;
     let bootstrap = kafka.bootstrap();
     let outbox = outbox_at(&database_url(), &bootstrap, 3).await;
@@ -112,7 +112,10 @@ async fn postgres_crashed_twice_under_load_the_relay_reconnects_by_itself_and_lo
             if let Some(n) = try_count(&outbox.pool, &table, "delivered").await {
                 break n;
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "cannot reconnect");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "cannot reconnect"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         wait_delivered_at_least(&outbox.pool, &table, base + 1, Duration::from_secs(120)).await;

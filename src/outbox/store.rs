@@ -180,6 +180,11 @@ impl Outbox {
         &self.table
     }
 
+    /// The claim statement (`$1` = batch size), for benchmarks and `EXPLAIN`.
+    pub fn claim_sql(&self) -> &str {
+        &self.claim_sql
+    }
+
     /// Opens a batch transaction.
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)

@@ -10,14 +10,10 @@ use chrono::{DateTime, Utc};
 use outbox_relay::config::{Config, PropertyValue};
 use outbox_relay::outbox::{ParkedOps, TableName};
 use outbox_relay::relay::Relay;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::helpers::TestOutbox;
+use crate::helpers::{read_records, TestOutbox};
 
 /// An in-process relay running until [`RunningRelay::stop`].
 pub struct RunningRelay {
@@ -236,8 +232,6 @@ pub fn table_name(outbox: &TestOutbox) -> TableName {
 /// One record read back, payload as bytes.
 #[derive(Debug, Clone)]
 pub struct Record {
-    pub partition: i32,
-    pub offset: i64,
     pub key: Option<String>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,
@@ -258,62 +252,14 @@ impl Record {
 /// Every record of `topic` on `bootstrap`, up to the high watermarks of this moment, in
 /// (partition, offset) order.
 pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("it-fail-{}", Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0i64;
-    for p in metadata.topics()[0].partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .unwrap();
-        remaining += high - low;
-        assignment
-            .add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    if remaining == 0 {
-        return Vec::new();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while remaining > 0 {
-        assert!(Instant::now() < deadline, "timed out reading {topic}");
-        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let msg = msg.expect("consume");
-        let headers = msg
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push(Record {
-            partition: msg.partition(),
-            offset: msg.offset(),
-            key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            payload: msg.payload().unwrap_or_default().to_vec(),
-            headers,
-        });
-        remaining -= 1;
-    }
-    out.sort_by_key(|r| (r.partition, r.offset));
-    out
+    read_records(bootstrap, topic)
+        .into_iter()
+        .map(|r| Record {
+            key: r.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+            payload: r.value.unwrap_or_default(),
+            headers: r.headers,
+        })
+        .collect()
 }
 
 /// Relay logs on stderr when `OUTBOX_TEST_LOG` is set (e.g. `OUTBOX_TEST_LOG=debug`).

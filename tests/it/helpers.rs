@@ -203,10 +203,51 @@ impl Consumed {
     }
 }
 
-/// Reads every record of `topic`, from the beginning to the high watermarks of this moment.
-pub fn consume_all(topic: &str) -> Vec<Consumed> {
+/// One record as Kafka holds it: bytes untouched.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl RawRecord {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn event_id(&self) -> &str {
+        self.header("event_id").expect("event_id header")
+    }
+
+    pub fn key_str(&self) -> Option<&str> {
+        self.key
+            .as_deref()
+            .map(|k| std::str::from_utf8(k).expect("utf-8 key"))
+    }
+
+    /// The schema id of the Confluent header (magic byte 0, big-endian u32); panics if the
+    /// value is not framed.
+    pub fn schema_id(&self) -> u32 {
+        let v = self.value.as_deref().expect("a value");
+        assert!(
+            v.len() >= 5 && v[0] == 0,
+            "value not in the Confluent wire format: {v:?}"
+        );
+        u32::from_be_bytes([v[1], v[2], v[3], v[4]])
+    }
+}
+
+/// Reads every record of `topic` on `bootstrap`, from the beginning to the high watermarks of
+/// this moment, sorted by (partition, offset). Blocking (librdkafka polls).
+pub fn read_records(bootstrap: &str, topic: &str) -> Vec<RawRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("it-reader-{}", Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .create()
@@ -214,28 +255,26 @@ pub fn consume_all(topic: &str) -> Vec<Consumed> {
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
-    let partitions: Vec<i32> = metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect();
     let mut assignment = TopicPartitionList::new();
     let mut remaining = 0i64;
-    for &p in &partitions {
+    for p in metadata.topics()[0].partitions() {
         let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
             .unwrap();
         remaining += high - low;
         assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
+            .add_partition_offset(topic, p.id(), Offset::Beginning)
             .unwrap();
+    }
+    if remaining == 0 {
+        return Vec::new();
     }
     consumer.assign(&assignment).unwrap();
     let mut out = Vec::with_capacity(remaining as usize);
     let deadline = Instant::now() + Duration::from_secs(60);
     while remaining > 0 {
         assert!(Instant::now() < deadline, "timed out reading {topic}");
-        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
         let msg = msg.expect("consume");
@@ -252,16 +291,31 @@ pub fn consume_all(topic: &str) -> Vec<Consumed> {
                     .collect()
             })
             .unwrap_or_default();
-        out.push(Consumed {
+        out.push(RawRecord {
             partition: msg.partition(),
             offset: msg.offset(),
-            key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            payload: serde_json::from_slice(msg.payload().unwrap_or(b"null")).unwrap(),
+            key: msg.key().map(<[u8]>::to_vec),
+            value: msg.payload().map(<[u8]>::to_vec),
             headers,
         });
         remaining -= 1;
     }
+    out.sort_by_key(|r| (r.partition, r.offset));
     out
+}
+
+/// Reads every record of `topic` (on the test Kafka) with its JSON payload parsed.
+pub fn consume_all(topic: &str) -> Vec<Consumed> {
+    read_records(&kafka_bootstrap(), topic)
+        .into_iter()
+        .map(|r| Consumed {
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+            payload: serde_json::from_slice(r.value.as_deref().unwrap_or(b"null")).unwrap(),
+            headers: r.headers,
+        })
+        .collect()
 }
 
 /// Counts how often each event_id was consumed.

@@ -8,15 +8,12 @@ use std::time::{Duration, Instant};
 use outbox_relay::config::{Config, Format, TopicConfig};
 use outbox_relay::relay::Relay;
 use outbox_relay_testkit::SchemaRegistryDouble;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{kafka_bootstrap, TestOutbox};
+use crate::helpers::{kafka_bootstrap, read_records, RawRecord, TestOutbox};
 
 /// `outbox.config()` with `[registry] url` pointing at `double`.
 pub fn registry_config(outbox: &TestOutbox, double: &SchemaRegistryDouble) -> Config {
@@ -173,102 +170,9 @@ pub async fn wait_counts(outbox: &TestOutbox, delivered: i64, parked: i64, timeo
     }
 }
 
-/// One record as Kafka holds it: bytes untouched.
-#[allow(dead_code)] // partition and offset are only read through Debug
-#[derive(Debug, Clone)]
-pub struct RawRecord {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, String)>,
-}
-
-impl RawRecord {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn event_id(&self) -> &str {
-        self.header("event_id").expect("event_id header")
-    }
-
-    pub fn key_str(&self) -> Option<&str> {
-        self.key
-            .as_deref()
-            .map(|k| std::str::from_utf8(k).expect("utf-8 key"))
-    }
-
-    /// The schema id of the Confluent header (magic byte 0, big-endian u32); panics if the
-    /// value is not framed.
-    pub fn schema_id(&self) -> u32 {
-        let v = self.value.as_deref().expect("a value");
-        assert!(
-            v.len() >= 5 && v[0] == 0,
-            "value not in the Confluent wire format: {v:?}"
-        );
-        u32::from_be_bytes([v[1], v[2], v[3], v[4]])
-    }
-}
-
-/// Reads every record of `topic` from the beginning to this moment's high watermarks, as bytes.
-/// Blocking (librdkafka polls); no registry is involved.
+/// Every record of `topic` on the test Kafka, as bytes ([`read_records`]).
 pub fn consume_raw(topic: &str) -> Vec<RawRecord> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .set("group.id", format!("it-raw-{}", Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0i64;
-    for p in metadata.topics()[0].partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .unwrap();
-        remaining += high - low;
-        assignment
-            .add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut out = Vec::with_capacity(remaining as usize);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while remaining > 0 {
-        assert!(Instant::now() < deadline, "timed out reading {topic}");
-        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let msg = msg.expect("consume");
-        let headers = msg
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push(RawRecord {
-            partition: msg.partition(),
-            offset: msg.offset(),
-            key: msg.key().map(<[u8]>::to_vec),
-            value: msg.payload().map(<[u8]>::to_vec),
-            headers,
-        });
-        remaining -= 1;
-    }
-    out
+    read_records(&kafka_bootstrap(), topic)
 }
 
 /// [`consume_raw`] off the async runtime's threads.

@@ -6,20 +6,7 @@ use std::time::Duration;
 use outbox_relay::relay::Relay;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{consume_all, event_id_counts, TestOutbox};
-
-/// Runs an in-process relay until `n` rows are delivered, then stops it.
-async fn relay_until_delivered(outbox: &TestOutbox, n: i64) {
-    let relay = Relay::new(&outbox.config()).unwrap();
-    let stop = CancellationToken::new();
-    let running = tokio::spawn({
-        let stop = stop.clone();
-        async move { relay.run(stop).await }
-    });
-    outbox.wait_delivered(n, Duration::from_secs(60)).await;
-    stop.cancel();
-    running.await.unwrap().unwrap();
-}
+use crate::helpers::{consume_all, event_id_counts, relay_until_delivered, TestOutbox};
 
 #[tokio::test]
 async fn committed_rows_are_delivered_intact_and_rolled_back_rows_never_appear() {

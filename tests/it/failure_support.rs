@@ -3,41 +3,14 @@
 //! takes any bootstrap (the real broker or a mock cluster) and any payload.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use outbox_relay::config::{Config, PropertyValue};
 use outbox_relay::outbox::{ParkedOps, TableName};
-use outbox_relay::relay::Relay;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
+pub use crate::helpers::RunningRelay;
 use crate::helpers::{read_records, TestOutbox};
-
-/// An in-process relay running until [`RunningRelay::stop`].
-pub struct RunningRelay {
-    pub relay: Arc<Relay>,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl RunningRelay {
-    pub fn start(config: &Config) -> Self {
-        let relay = Arc::new(Relay::new(config).expect("relay builds"));
-        let stop = CancellationToken::new();
-        let task = tokio::spawn({
-            let (relay, stop) = (Arc::clone(&relay), stop.clone());
-            async move { relay.run(stop).await.expect("relay stops cleanly") }
-        });
-        Self { relay, stop, task }
-    }
-
-    pub async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.expect("relay task");
-    }
-}
 
 /// Sets a librdkafka pass-through property.
 pub fn set_property(config: &mut Config, key: &str, value: &str) {

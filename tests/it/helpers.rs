@@ -6,10 +6,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox_relay::config::{Config, DatabaseConfig, DatabaseUrl, KafkaConfig, RelayConfig};
 use outbox_relay::outbox::{migrate, TableName};
+use outbox_relay::relay::Relay;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -17,6 +19,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub fn database_url() -> String {
@@ -316,6 +320,37 @@ pub fn consume_all(topic: &str) -> Vec<Consumed> {
             headers: r.headers,
         })
         .collect()
+}
+
+/// An in-process relay running in the background until [`RunningRelay::stop`].
+pub struct RunningRelay {
+    pub relay: Arc<Relay>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RunningRelay {
+    pub fn start(config: &Config) -> Self {
+        let relay = Arc::new(Relay::new(config).expect("relay builds"));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (relay, stop) = (Arc::clone(&relay), stop.clone());
+            async move { relay.run(stop).await.expect("relay stops cleanly") }
+        });
+        Self { relay, stop, task }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("relay task");
+    }
+}
+
+/// Runs an in-process relay on `outbox` until `n` rows are delivered, then stops it.
+pub async fn relay_until_delivered(outbox: &TestOutbox, n: i64) {
+    let relay = RunningRelay::start(&outbox.config());
+    outbox.wait_delivered(n, Duration::from_secs(60)).await;
+    relay.stop().await;
 }
 
 /// Counts how often each event_id was consumed.

@@ -6,14 +6,12 @@ use std::time::Duration;
 
 use outbox_relay::order_check;
 use outbox_relay::outbox::{ParkedOps, Selector, TableName};
-use outbox_relay::relay::Relay;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{consume_all, kafka_bootstrap, TestOutbox};
+use crate::helpers::{consume_all, kafka_bootstrap, relay_until_delivered, TestOutbox};
 
 fn ops(outbox: &TestOutbox) -> ParkedOps {
     ParkedOps::new(outbox.pool.clone(), &table_name(outbox))
@@ -70,19 +68,6 @@ fn cli(config: &Path, args: &[&str]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
-}
-
-/// Runs an in-process relay until `n` rows are delivered, then stops it.
-async fn relay_until_delivered(outbox: &TestOutbox, n: i64) {
-    let relay = Relay::new(&outbox.config()).unwrap();
-    let stop = CancellationToken::new();
-    let running = tokio::spawn({
-        let stop = stop.clone();
-        async move { relay.run(stop).await }
-    });
-    outbox.wait_delivered(n, Duration::from_secs(60)).await;
-    stop.cancel();
-    running.await.unwrap().unwrap();
 }
 
 #[derive(Debug, sqlx::FromRow)]

@@ -6,13 +6,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use outbox_relay::config::{Config, Format, TopicConfig};
-use outbox_relay::relay::Relay;
 use outbox_relay_testkit::SchemaRegistryDouble;
 use tokio::sync::OnceCell;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use crate::helpers::RunningRelay;
 use crate::helpers::{kafka_bootstrap, read_records, RawRecord, TestOutbox};
 
 /// `outbox.config()` with `[registry] url` pointing at `double`.
@@ -27,29 +25,6 @@ pub fn topic(format: Format) -> TopicConfig {
     TopicConfig {
         format: Some(format),
         ..TopicConfig::default()
-    }
-}
-
-/// An in-process relay running in the background until [`RunningRelay::stop`].
-pub struct RunningRelay {
-    stop: CancellationToken,
-    handle: JoinHandle<()>,
-}
-
-impl RunningRelay {
-    pub fn start(config: &Config) -> Self {
-        let relay = Relay::new(config).expect("relay builds");
-        let stop = CancellationToken::new();
-        let handle = tokio::spawn({
-            let stop = stop.clone();
-            async move { relay.run(stop).await.expect("relay stops cleanly") }
-        });
-        Self { stop, handle }
-    }
-
-    pub async fn stop(self) {
-        self.stop.cancel();
-        self.handle.await.expect("relay task");
     }
 }
 

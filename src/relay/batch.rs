@@ -44,6 +44,17 @@ struct Failure {
     batch_too_large: bool,
 }
 
+impl Failure {
+    fn new(index: usize, e: &ProduceError) -> Self {
+        Self {
+            index,
+            reason: e.to_string(),
+            disposition: e.disposition(),
+            batch_too_large: false,
+        }
+    }
+}
+
 /// Why a row was not handed to librdkafka.
 enum HandOver {
     /// The registry is away: not the row's fault.
@@ -105,12 +116,7 @@ impl Shared {
                     if let Some(k) = key {
                         blocked.insert(k);
                     }
-                    failures.push(Failure {
-                        index,
-                        disposition: e.disposition(),
-                        reason: e.to_string(),
-                        batch_too_large: false,
-                    });
+                    failures.push(Failure::new(index, &e));
                 }
             }
         }
@@ -127,10 +133,8 @@ impl Shared {
             match result {
                 Ok((partition, offset)) => delivered.push((index, partition, offset)),
                 Err(e) => failures.push(Failure {
-                    index,
                     batch_too_large: e.is_message_too_large(),
-                    disposition: e.disposition(),
-                    reason: e.to_string(),
+                    ..Failure::new(index, &e)
                 }),
             }
         }
@@ -284,12 +288,7 @@ impl Shared {
                     if let Some(k) = key {
                         blocked.insert(k);
                     }
-                    failures.push(Failure {
-                        index,
-                        disposition: e.disposition(),
-                        reason: e.to_string(),
-                        batch_too_large: false,
-                    });
+                    failures.push(Failure::new(index, &e));
                 }
             }
         }

@@ -114,11 +114,19 @@ pub async fn wait_status(
     status: &str,
     timeout: Duration,
 ) -> RowState {
-    wait_until(timeout, &format!("row {id} to be {status}"), || async {
-        row(outbox, id).await.status == status
-    })
-    .await;
-    row(outbox, id).await
+    let start = Instant::now();
+    loop {
+        let state = row(outbox, id).await;
+        if state.status == status {
+            return state;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for row {id} to be {status}; rows now: {:#?}",
+            rows(outbox).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Per key, the delivered rows' (partition, offset) must grow with the id: the key's order in
@@ -235,12 +243,12 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
         .collect()
 }
 
-/// Relay logs on stderr when `OUTBOX_TEST_LOG` is set (e.g. `OUTBOX_TEST_LOG=debug`).
+/// Relay logs through the test harness (shown for failing tests): `outbox_relay=info`, or
+/// `OUTBOX_TEST_LOG` (e.g. `OUTBOX_TEST_LOG=debug`).
 pub fn init_logs() {
-    if let Ok(filter) = std::env::var("OUTBOX_TEST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_test_writer()
-            .try_init();
-    }
+    let filter = std::env::var("OUTBOX_TEST_LOG").unwrap_or_else(|_| "outbox_relay=info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
 }

@@ -94,7 +94,7 @@ async fn a_transient_failure_is_retried_and_the_row_is_delivered_once_before_lat
 
     let relay = RunningRelay::start(&config);
     wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         "a first failed attempt",
         || async { row(&outbox, first).await.attempts >= 1 },
     )
@@ -179,7 +179,7 @@ async fn poison_rows_are_parked_with_reasons_while_other_keys_flow_and_held_keys
     }
 
     let relay = RunningRelay::start(&strict);
-    outbox.wait_delivered(9, Duration::from_secs(20)).await;
+    outbox.wait_delivered(9, Duration::from_secs(60)).await;
     let big_row = wait_status(&outbox, big, "parked", Duration::from_secs(10)).await;
     let avro_row = wait_status(&outbox, unencodable, "parked", Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // time for held rows to leak, if they would
@@ -245,7 +245,7 @@ async fn poison_rows_are_parked_with_reasons_while_other_keys_flow_and_held_keys
     }
     let relay = RunningRelay::start(&config);
     outbox
-        .wait_delivered(9 + 4 + 3, Duration::from_secs(20))
+        .wait_delivered(9 + 4 + 3, Duration::from_secs(60))
         .await;
     relay.stop().await;
     assert_eq!(assert_marks_in_key_order(&rows(&outbox).await), 16);
@@ -281,7 +281,7 @@ async fn with_on_parked_skip_later_rows_of_the_key_are_delivered_while_the_poiso
     let later = insert_many(&outbox, &outbox.topic, "k", 3).await;
 
     let relay = RunningRelay::start(&config);
-    outbox.wait_delivered(3, Duration::from_secs(20)).await;
+    outbox.wait_delivered(3, Duration::from_secs(60)).await;
     relay.stop().await;
     let p = row(&outbox, poison).await;
     println!(
@@ -309,7 +309,7 @@ async fn skip_key_on_a_hold_key_topic_lets_the_waiting_rows_through_and_the_pois
     let waiting = insert_many(&outbox, &outbox.topic, "k", 3).await;
 
     let relay = RunningRelay::start(&config);
-    let p = wait_status(&outbox, poison, "parked", Duration::from_secs(20)).await;
+    let p = wait_status(&outbox, poison, "parked", Duration::from_secs(60)).await;
     assert!(p.holds_key);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -323,7 +323,7 @@ async fn skip_key_on_a_hold_key_topic_lets_the_waiting_rows_through_and_the_pois
         .unwrap();
     println!("skip-key: {change:?}");
     assert_eq!((change.ids.as_slice(), change.waiting), (&[poison][..], 3));
-    outbox.wait_delivered(3, Duration::from_secs(20)).await;
+    outbox.wait_delivered(3, Duration::from_secs(60)).await;
     relay.stop().await;
     let p = row(&outbox, poison).await;
     assert_eq!((p.status.as_str(), p.holds_key), ("parked", false));
@@ -353,9 +353,9 @@ async fn a_row_for_an_invalid_topic_name_is_parked_with_a_readable_reason() {
     .await;
     let started = Instant::now();
     let relay = RunningRelay::start(&config);
-    let r = wait_status(&outbox, bad, "parked", Duration::from_secs(20)).await;
+    let r = wait_status(&outbox, bad, "parked", Duration::from_secs(60)).await;
     let parked_after = started.elapsed();
-    wait_status(&outbox, fine, "delivered", Duration::from_secs(20)).await;
+    wait_status(&outbox, fine, "delivered", Duration::from_secs(60)).await;
     relay.stop().await;
     println!(
         "parked after {parked_after:?}: attempts {} reason {:?}",
@@ -395,9 +395,9 @@ async fn a_parked_row_is_copied_to_the_dead_letter_topic_with_its_reason_and_sta
     let poison_plain = insert(&outbox, &plain, Some("k"), big_payload(6_000)).await;
 
     let relay = RunningRelay::start(&config);
-    let p = wait_status(&outbox, poison, "parked", Duration::from_secs(20)).await;
-    let pp = wait_status(&outbox, poison_plain, "parked", Duration::from_secs(20)).await;
-    wait_status(&outbox, fine, "delivered", Duration::from_secs(20)).await;
+    let p = wait_status(&outbox, poison, "parked", Duration::from_secs(60)).await;
+    let pp = wait_status(&outbox, poison_plain, "parked", Duration::from_secs(60)).await;
+    wait_status(&outbox, fine, "delivered", Duration::from_secs(60)).await;
     let dead_lettered = relay
         .relay
         .counters()

@@ -135,7 +135,7 @@ async fn a_non_retriable_error_parks_the_row_at_once_with_a_readable_reason() {
             serde_json::json!({"key": key}),
         )
         .await;
-        let r = wait_status(&outbox, id, "parked", Duration::from_secs(20)).await;
+        let r = wait_status(&outbox, id, "parked", Duration::from_secs(60)).await;
         println!(
             "{error:?}: row {id} parked, attempts {}, reason {:?}",
             r.attempts, r.last_error
@@ -176,7 +176,7 @@ async fn a_non_retriable_error_parks_the_row_at_once_with_a_readable_reason() {
         serde_json::json!({"n": 2}),
     )
     .await;
-    wait_status(&outbox, fine, "delivered", Duration::from_secs(20)).await;
+    wait_status(&outbox, fine, "delivered", Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     relay.stop().await;
     assert_eq!(row(&outbox, waiting).await.status, "pending");
@@ -332,7 +332,7 @@ async fn after_a_fatal_producer_error_the_relay_replaces_its_producer_and_delive
     insert_many(&outbox, &outbox.topic, "j", 3).await;
 
     let relay = RunningRelay::start(&config);
-    outbox.wait_delivered(7, Duration::from_secs(20)).await;
+    outbox.wait_delivered(7, Duration::from_secs(60)).await;
     relay.stop().await;
 
     let head = row(&outbox, first).await;

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::logical;
 use super::{AvroEncoder, Mode, Node, NodeId, RecordNode, UnionNode, UuidRepr};
-use crate::serialize::EncodeError;
+use crate::serialize::{write_zigzag, EncodeError};
 
 type Result<T = ()> = std::result::Result<T, EncodeError>;
 
@@ -32,11 +32,11 @@ impl AvroEncoder {
             },
             Node::Int => {
                 let n = integer(v, "an int")?;
-                write_long(out, to_i32(n)?.into());
+                write_zigzag(out, to_i32(n)?.into());
                 Ok(())
             }
             Node::Long => {
-                write_long(out, integer(v, "a long")?);
+                write_zigzag(out, integer(v, "a long")?);
                 Ok(())
             }
             Node::Float => {
@@ -93,7 +93,7 @@ impl AvroEncoder {
                     return Err(mismatch("an array", v));
                 };
                 if !a.is_empty() {
-                    write_long(out, len_i64(a.len()));
+                    write_zigzag(out, len_i64(a.len()));
                     for (i, item) in a.iter().enumerate() {
                         self.encode_node(*items, item, out, mode)
                             .map_err(|e| e.at_index(i))?;
@@ -107,7 +107,7 @@ impl AvroEncoder {
                     return Err(mismatch("an object (map)", v));
                 };
                 if !m.is_empty() {
-                    write_long(out, len_i64(m.len()));
+                    write_zigzag(out, len_i64(m.len()));
                     for (k, item) in m {
                         write_bytes(out, k.as_bytes());
                         self.encode_node(*values, item, out, mode)
@@ -127,7 +127,7 @@ impl AvroEncoder {
                 };
                 match e.index.get(s.as_str()) {
                     Some(&i) => {
-                        write_long(out, len_i64(i));
+                        write_zigzag(out, len_i64(i));
                         Ok(())
                     }
                     None => Err(EncodeError::new(format!(
@@ -179,19 +179,19 @@ impl AvroEncoder {
                     Value::String(s) => logical::parse_date(s)?,
                     _ => to_i32(integer(v, "a date (days since 1970-01-01 or YYYY-MM-DD)")?)?,
                 };
-                write_long(out, days.into());
+                write_zigzag(out, days.into());
                 Ok(())
             }
             Node::TimeMillis => {
                 let ms = to_i32(integer(v, "a time-millis (integer)")?)?;
                 logical::check_time_of_day(ms.into(), 86_400_000, "milliseconds")?;
-                write_long(out, ms.into());
+                write_zigzag(out, ms.into());
                 Ok(())
             }
             Node::TimeMicros => {
                 let us = integer(v, "a time-micros (integer)")?;
                 logical::check_time_of_day(us, 86_400_000_000, "microseconds")?;
-                write_long(out, us);
+                write_zigzag(out, us);
                 Ok(())
             }
             Node::Timestamp { unit, local } => {
@@ -199,7 +199,7 @@ impl AvroEncoder {
                     Value::String(s) => logical::parse_timestamp(s, *unit, *local)?,
                     _ => integer(v, "a timestamp (integer or RFC 3339 string)")?,
                 };
-                write_long(out, t);
+                write_zigzag(out, t);
                 Ok(())
             }
         }
@@ -269,7 +269,7 @@ impl AvroEncoder {
                     .iter()
                     .position(|b| b.names.iter().any(|n| n == key))
                 {
-                    write_long(out, len_i64(i));
+                    write_zigzag(out, len_i64(i));
                     match self.encode_node(u.branches[i].node, inner, out, mode) {
                         Ok(()) => return Ok(()),
                         Err(e) => {
@@ -285,7 +285,7 @@ impl AvroEncoder {
             if !self.could_match(b.node, v) {
                 continue;
             }
-            write_long(out, len_i64(i));
+            write_zigzag(out, len_i64(i));
             match self.encode_node(b.node, v, out, mode) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
@@ -455,22 +455,7 @@ fn len_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Zig-zag varint, as Avro writes `int` and `long`.
-pub(super) fn write_long(out: &mut Vec<u8>, n: i64) {
-    // Reinterpreting the sign bit is what zig-zag encoding does.
-    #[allow(clippy::cast_sign_loss)]
-    let mut z = ((n << 1) ^ (n >> 63)) as u64;
-    while z >= 0x80 {
-        // Truncation to the low 7 bits is intended.
-        #[allow(clippy::cast_possible_truncation)]
-        out.push((z as u8 & 0x7f) | 0x80);
-        z >>= 7;
-    }
-    #[allow(clippy::cast_possible_truncation)]
-    out.push(z as u8);
-}
-
 fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    write_long(out, len_i64(bytes.len()));
+    write_zigzag(out, len_i64(bytes.len()));
     out.extend_from_slice(bytes);
 }

@@ -244,6 +244,21 @@ pub fn value_subject<'a>(topic: &'a str, policy: &'a TopicPolicy) -> Cow<'a, str
     }
 }
 
+/// Zig-zag varint: Avro's `int` and `long`, and Confluent's Protobuf message indexes.
+pub(crate) fn write_zigzag(out: &mut Vec<u8>, n: i64) {
+    // Reinterpreting the sign bit is what zig-zag encoding does.
+    #[allow(clippy::cast_sign_loss)]
+    let mut z = ((n << 1) ^ (n >> 63)) as u64;
+    while z >= 0x80 {
+        // Truncation to the low 7 bits is intended.
+        #[allow(clippy::cast_possible_truncation)]
+        out.push((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    out.push(z as u8);
+}
+
 /// Confluent framing: magic byte 0, the schema id big-endian, then the encoding.
 fn frame(schema: &Schema, value: &serde_json::Value) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(128);

@@ -13,7 +13,7 @@ use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor};
 use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 use serde_json::Value;
 
-use super::{EncodeError, SchemaError};
+use super::{write_zigzag, EncodeError, SchemaError};
 
 /// The name the registered schema text is compiled under.
 const FILE_NAME: &str = "schema.proto";
@@ -166,24 +166,11 @@ fn confluent_indexes(path: &[i32]) -> Vec<u8> {
         return vec![0];
     }
     let mut out = Vec::new();
-    write_zigzag(&mut out, i32::try_from(indexes.len()).unwrap_or(i32::MAX));
+    write_zigzag(&mut out, i64::try_from(indexes.len()).unwrap_or(i64::MAX));
     for i in indexes {
-        write_zigzag(&mut out, i);
+        write_zigzag(&mut out, i64::from(i));
     }
     out
-}
-
-fn write_zigzag(out: &mut Vec<u8>, n: i32) {
-    // Zig-zag moves the sign to the low bit; the cast reinterprets, as the encoding intends.
-    #[allow(clippy::cast_sign_loss)]
-    let mut z = ((n << 1) ^ (n >> 31)) as u32;
-    while z >= 0x80 {
-        #[allow(clippy::cast_possible_truncation)]
-        out.push((z as u8 & 0x7f) | 0x80);
-        z >>= 7;
-    }
-    #[allow(clippy::cast_possible_truncation)]
-    out.push(z as u8);
 }
 
 /// Serves the registered schema text as [`FILE_NAME`]; nothing else (no file system access).

@@ -209,7 +209,8 @@ impl Serializer {
         })?;
         let subject = format!("{}-key", row.topic);
         let schema = registry
-            .for_subject(&subject, None, key_format_of(policy), None)
+            // A raw-json topic cannot have registry keys: config refuses it.
+            .for_subject(&subject, None, policy.format, None)
             .await?;
         let as_string = serde_json::Value::String(key.to_owned());
         frame(&schema, &as_string).or_else(|first| {
@@ -227,11 +228,6 @@ impl Serializer {
             })
         })
     }
-}
-
-/// Keys use the topic's format (a raw-json topic cannot have registry keys: config refuses it).
-fn key_format_of(policy: &TopicPolicy) -> Format {
-    policy.format
 }
 
 /// The value subject of `topic` under its strategy.

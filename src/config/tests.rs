@@ -132,7 +132,8 @@ fn serialization_and_retry_problems_are_reported_together() {
         "{MINIMAL}\n[retry]\nbase_ms = 0\n\
          [topics.\"a\"]\nformat = \"protobuf\"\nschema_id = 1\nschema_version = 1\n\
          [topics.\"b c\"]\nsubject_strategy = \"record\"\nformat = \"avro\"\n\
-         dead_letter_topic = \"no/slash\"\n"
+         dead_letter_topic = \"no/slash\"\n\
+         [topics.\"k\"]\nkey_format = \"registry\"\n"
     ))
     .unwrap_err();
     let all = err.to_string();
@@ -143,6 +144,7 @@ fn serialization_and_retry_problems_are_reported_together() {
         "topics.\"b c\": only letters",
         "need record_name",
         "dead_letter_topic",
+        "topics.\"k\": key_format = \"registry\" serializes keys in the topic's format",
     ] {
         assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
     }

@@ -228,6 +228,12 @@ impl TopicConfig {
                 "{at}: the record and topic-record subject strategies need record_name"
             ));
         }
+        if policy.key_format == KeyFormat::Registry && policy.format == Format::RawJson {
+            out.push(format!(
+                "{at}: key_format = \"registry\" serializes keys in the topic's format; \
+                 set format (avro, json-schema or protobuf)"
+            ));
+        }
         if policy.message_name.is_some() && policy.format != Format::Protobuf {
             out.push(format!(
                 "{at}.message_name only applies to format = \"protobuf\""

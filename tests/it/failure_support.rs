@@ -220,10 +220,7 @@ pub struct Record {
 
 impl Record {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        crate::helpers::header(&self.headers, name)
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.payload).unwrap_or(serde_json::Value::Null)

@@ -185,6 +185,14 @@ pub async fn create_topic(topic: &str, partitions: i32) {
     }
 }
 
+/// The value of header `name` among a record's headers.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 /// One record read back from Kafka.
 #[derive(Debug, Clone)]
 pub struct Consumed {
@@ -197,10 +205,7 @@ pub struct Consumed {
 
 impl Consumed {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        header(&self.headers, name)
     }
     pub fn event_id(&self) -> &str {
         self.header("event_id").expect("event_id header")
@@ -219,10 +224,7 @@ pub struct RawRecord {
 
 impl RawRecord {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        header(&self.headers, name)
     }
 
     pub fn event_id(&self) -> &str {

@@ -101,12 +101,17 @@ impl Drop for DedicatedKafka {
     fn drop(&mut self) {
         // `down` stops only the Kafka this directory's pid file names; there is no cluster in
         // this directory, so PostgreSQL is left alone.
-        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack"))
-            .arg("down")
-            .env("OUTBOX_STACK_DIR", &self.dir)
-            .envs(self.env())
-            .output();
+        stack_down(&self.dir, &self.env());
     }
+}
+
+/// `scripts/stack down` for a dedicated directory, ignoring failures (used from `Drop`).
+fn stack_down(dir: &Path, env: &[(&str, String)]) {
+    let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack"))
+        .arg("down")
+        .env("OUTBOX_STACK_DIR", dir)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output();
 }
 
 /// A PostgreSQL cluster of this test's own, with the usual role and database. Stopped when
@@ -148,11 +153,7 @@ impl DedicatedPostgres {
 impl Drop for DedicatedPostgres {
     fn drop(&mut self) {
         // No kafka.pid in this directory: `down` stops only this cluster.
-        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack"))
-            .arg("down")
-            .env("OUTBOX_STACK_DIR", &self.dir)
-            .envs(self.env())
-            .output();
+        stack_down(&self.dir, &self.env());
     }
 }
 

@@ -9,6 +9,7 @@
 mod harness;
 
 mod catalogue;
+mod claim;
 mod cli;
 mod delivery;
 mod failures;

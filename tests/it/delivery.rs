@@ -6,7 +6,9 @@ use std::time::Duration;
 use outbox_relay::relay::Relay;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{consume_all, event_id_counts, relay_until_delivered, TestOutbox};
+use crate::harness::{
+    consume_all, event_id_counts, relay_until_delivered, RunningRelay, TestOutbox,
+};
 
 #[tokio::test]
 async fn committed_rows_are_delivered_intact_and_rolled_back_rows_never_appear() {
@@ -57,13 +59,21 @@ async fn committed_rows_are_delivered_intact_and_rolled_back_rows_never_appear()
         .unwrap();
     tx.rollback().await.unwrap();
 
-    relay_until_delivered(&outbox, 3).await;
+    // Committed after the rollback: once it is delivered, the relay has claimed past the
+    // rolled-back row's id.
+    let relay = RunningRelay::start(&outbox.config());
+    let sentinel = outbox.deliver_raw_sentinel().await;
+    relay.stop().await;
 
-    let records = consume_all(&outbox.topic);
-    assert_eq!(records.len(), 3, "{records:#?}");
+    let records = consume_all(&outbox.topic).await;
+    assert_eq!(
+        records.len(),
+        4,
+        "three rows and the sentinel: {records:#?}"
+    );
     assert!(records
         .iter()
-        .all(|r| r.payload.get("rolled_back").is_none()));
+        .all(|r| r.json().get("rolled_back").is_none()));
     let ids: Vec<(String, String)> = sqlx::query_as(&format!(
         "SELECT event_id::text, payload::text FROM {} ORDER BY id",
         outbox.table()
@@ -71,13 +81,14 @@ async fn committed_rows_are_delivered_intact_and_rolled_back_rows_never_appear()
     .fetch_all(&outbox.pool)
     .await
     .unwrap();
+    assert_eq!(outbox.row(sentinel).await.event_id.to_string(), ids[3].0);
     for ((key, payload, headers), (event_id, _)) in committed.iter().zip(&ids) {
         let r = records
             .iter()
             .find(|r| r.event_id() == event_id)
             .unwrap_or_else(|| panic!("{event_id} not in Kafka"));
-        assert_eq!(r.key.as_deref(), *key);
-        assert_eq!(&r.payload, payload);
+        assert_eq!(r.key_str(), *key);
+        assert_eq!(&r.json(), payload);
         // event_id first, then the defaults (unless the row overrides them), then the row's.
         assert_eq!(r.headers[0].0, "event_id");
         let expected_source = headers
@@ -94,9 +105,9 @@ async fn committed_rows_are_delivered_intact_and_rolled_back_rows_never_appear()
     // Same-key rows land in id order in their partition.
     let conv: Vec<_> = records
         .iter()
-        .filter(|r| r.key.as_deref() == Some("conv-1"))
+        .filter(|r| r.key_str() == Some("conv-1"))
         .collect();
-    assert_eq!(conv[0].payload["type"], "conversation_created");
+    assert_eq!(conv[0].json()["type"], "conversation_created");
     assert!(conv[0].offset < conv[1].offset && conv[0].partition == conv[1].partition);
 }
 
@@ -107,7 +118,7 @@ async fn delivered_row_records_the_partition_and_offset_where_a_consumer_finds_i
     relay_until_delivered(&outbox, 500).await;
 
     let positions = outbox.delivered_positions().await;
-    let records = consume_all(&outbox.topic);
+    let records = consume_all(&outbox.topic).await;
     assert_eq!(positions.len(), 500);
     assert_eq!(records.len(), 500);
     for r in &records {
@@ -162,7 +173,7 @@ async fn two_relays_on_one_table_deliver_every_row_once() {
         "a row was delivered twice or lost"
     );
 
-    let records = consume_all(&outbox.topic);
+    let records = consume_all(&outbox.topic).await;
     let counts = event_id_counts(&records);
     let produced_twice = counts.values().filter(|&&c| c > 1).count();
     assert_eq!(produced_twice, 0, "rows produced more than once");

@@ -4,36 +4,17 @@
 
 use std::time::{Duration, Instant};
 
+use crate::harness::{
+    assert_marks_in_key_order, create_topic, create_topic_with, init_logs, kafka_bootstrap,
+    read_records, set_property, RunningRelay, TestOutbox,
+};
 use outbox_relay::config::{Config, Format, OnParked, TopicConfig};
 use outbox_relay::order_check;
 use outbox_relay_testkit::SchemaRegistryDouble;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
-
-use crate::failure_support::{
-    assert_marks_in_key_order, history, init_logs, insert, insert_many, install_history, ops,
-    read_topic, row, rows, set_property, table_name, wait_status, wait_until, RunningRelay,
-};
-use crate::helpers::{create_topic, kafka_bootstrap, TestOutbox};
-
-fn admin() -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .create()
-        .unwrap()
-}
 
 /// A topic with one partition and the given topic configs.
-async fn create_topic_with(name: &str, configs: &[(&str, &str)]) {
-    let mut topic = NewTopic::new(name, 1, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        topic = topic.set(k, v);
-    }
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin().create_topics(&[topic], &opts).await.unwrap() {
-        r.expect("topic created");
-    }
+async fn create_topic_configured(name: &str, configs: &[(&str, &str)]) {
+    create_topic_with(&kafka_bootstrap(), name, 1, configs).await;
 }
 
 /// A JSON payload whose text is about `bytes` long and does not compress.
@@ -48,7 +29,7 @@ fn big_payload(bytes: usize) -> serde_json::Value {
 async fn pending_ids(outbox: &TestOutbox, ids: &[i64]) -> usize {
     let mut n = 0;
     for &id in ids {
-        n += usize::from(row(outbox, id).await.status == "pending");
+        n += usize::from(outbox.row(id).await.status == "pending");
     }
     n
 }
@@ -81,25 +62,22 @@ async fn a_transient_failure_is_retried_and_the_row_is_delivered_once_before_lat
         },
     );
     set_property(&mut config, "message.timeout.ms", "1500");
-    install_history(&outbox).await;
-    let first = insert(
-        &outbox,
-        &topic,
-        Some("k"),
-        serde_json::json!({"key": "k", "n": 0}),
-    )
-    .await;
-    insert_many(&outbox, &topic, "k", 4).await;
-    insert_many(&outbox, &topic, "other", 3).await;
+    outbox.install_history().await;
+    let first = outbox
+        .insert(&topic, Some("k"), serde_json::json!({"key": "k", "n": 0}))
+        .await;
+    outbox.insert_many(&topic, "k", 4).await;
+    outbox.insert_many(&topic, "other", 3).await;
 
     let relay = RunningRelay::start(&config);
-    wait_until(
-        Duration::from_secs(60),
-        "a first failed attempt",
-        || async { row(&outbox, first).await.attempts >= 1 },
-    )
-    .await;
-    let failed = row(&outbox, first).await;
+    outbox
+        .wait_until(
+            Duration::from_secs(60),
+            "a first failed attempt",
+            || async { outbox.row(first).await.attempts >= 1 },
+        )
+        .await;
+    let failed = outbox.row(first).await;
     println!(
         "after the first failure: {} attempts {} {:?}",
         failed.status, failed.attempts, failed.last_error
@@ -110,8 +88,8 @@ async fn a_transient_failure_is_retried_and_the_row_is_delivered_once_before_lat
     outbox.wait_delivered(8, Duration::from_secs(30)).await;
     relay.stop().await;
 
-    let head = row(&outbox, first).await;
-    let changes = history(&outbox, first).await;
+    let head = outbox.row(first).await;
+    let changes = outbox.history(first).await;
     println!("row {first}: attempts {}, changes:", head.attempts);
     for c in &changes {
         println!("  {} attempts={} {:?}", c.status, c.attempts, c.last_error);
@@ -121,10 +99,10 @@ async fn a_transient_failure_is_retried_and_the_row_is_delivered_once_before_lat
         .iter()
         .filter(|c| c.status == "pending")
         .all(|c| c.last_error.is_some()));
-    assert_eq!(assert_marks_in_key_order(&rows(&outbox).await), 8);
+    assert_eq!(assert_marks_in_key_order(&outbox.rows().await), 8);
     let report = order_check::check(
         &outbox.pool,
-        &table_name(&outbox),
+        &outbox.table_name(),
         &kafka_bootstrap(),
         &topic,
     )
@@ -164,25 +142,27 @@ async fn poison_rows_are_parked_with_reasons_while_other_keys_flow_and_held_keys
     // librdkafka refuses records above this size when they are handed to it.
     set_property(&mut strict, "message.max.bytes", "10000");
 
-    let big = insert(&outbox, &raw, Some("big"), big_payload(20_000)).await;
-    let big_waiting = insert_many(&outbox, &raw, "big", 3).await;
-    let unencodable = insert(
-        &outbox,
-        &avro,
-        Some("a"),
-        serde_json::json!({"key": "a", "n": 0}),
-    )
-    .await;
-    let avro_waiting = insert_many(&outbox, &avro, "a", 2).await;
+    let big = outbox.insert(&raw, Some("big"), big_payload(20_000)).await;
+    let big_waiting = outbox.insert_many(&raw, "big", 3).await;
+    let unencodable = outbox
+        .insert(&avro, Some("a"), serde_json::json!({"key": "a", "n": 0}))
+        .await;
+    let avro_waiting = outbox.insert_many(&avro, "a", 2).await;
     for k in ["g1", "g2", "g3"] {
-        insert_many(&outbox, &raw, k, 3).await;
+        outbox.insert_many(&raw, k, 3).await;
     }
 
     let relay = RunningRelay::start(&strict);
     outbox.wait_delivered(9, Duration::from_secs(60)).await;
-    let big_row = wait_status(&outbox, big, "parked", Duration::from_secs(10)).await;
-    let avro_row = wait_status(&outbox, unencodable, "parked", Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // time for held rows to leak, if they would
+    let big_row = outbox
+        .wait_status(big, "parked", Duration::from_secs(10))
+        .await;
+    let avro_row = outbox
+        .wait_status(unencodable, "parked", Duration::from_secs(10))
+        .await;
+    // Claimed after both rows were parked: the relay passed the held rows since (and stopping
+    // drains every batch in flight).
+    outbox.deliver_raw_sentinel().await;
     relay.stop().await;
     println!(
         "too large:   attempts {} reason {:?}",
@@ -218,12 +198,13 @@ async fn poison_rows_are_parked_with_reasons_while_other_keys_flow_and_held_keys
     );
     assert_eq!(
         outbox.count("delivered").await,
-        9,
-        "every other key went through"
+        9 + 1,
+        "every other key went through, and the sentinel"
     );
-    assert_eq!(read_topic(&kafka_bootstrap(), &raw).len(), 9);
-    assert!(read_topic(&kafka_bootstrap(), &avro).is_empty());
-    let held = ops(&outbox)
+    assert_eq!(read_records(&kafka_bootstrap(), &raw).len(), 9 + 1);
+    assert!(read_records(&kafka_bootstrap(), &avro).is_empty());
+    let held = outbox
+        .ops()
         .held_keys(&Default::default(), 10)
         .await
         .unwrap();
@@ -239,20 +220,20 @@ async fn poison_rows_are_parked_with_reasons_while_other_keys_flow_and_held_keys
     // releases both keys and everything goes, in id order.
     registry.register(&format!("{avro}-value"), "AVRO", AVRO_SCHEMA);
     for (topic, key) in [(&raw, "big"), (&avro, "a")] {
-        let change = ops(&outbox).release_key(topic, key, false).await.unwrap();
+        let change = outbox.ops().release_key(topic, key, false).await.unwrap();
         println!("release-key {topic} {key}: {change:?}");
         assert_eq!(change.ids.len(), 1);
     }
     let relay = RunningRelay::start(&config);
     outbox
-        .wait_delivered(9 + 4 + 3, Duration::from_secs(60))
+        .wait_delivered(10 + 4 + 3, Duration::from_secs(60))
         .await;
     relay.stop().await;
-    assert_eq!(assert_marks_in_key_order(&rows(&outbox).await), 16);
+    assert_eq!(assert_marks_in_key_order(&outbox.rows().await), 17);
     for topic in [&raw, &avro] {
         let report = order_check::check(
             &outbox.pool,
-            &table_name(&outbox),
+            &outbox.table_name(),
             &kafka_bootstrap(),
             topic,
         )
@@ -277,19 +258,21 @@ async fn with_on_parked_skip_later_rows_of_the_key_are_delivered_while_the_poiso
         },
     );
     set_property(&mut config, "message.max.bytes", "10000");
-    let poison = insert(&outbox, &outbox.topic, Some("k"), big_payload(20_000)).await;
-    let later = insert_many(&outbox, &outbox.topic, "k", 3).await;
+    let poison = outbox
+        .insert(&outbox.topic, Some("k"), big_payload(20_000))
+        .await;
+    let later = outbox.insert_many(&outbox.topic, "k", 3).await;
 
     let relay = RunningRelay::start(&config);
     outbox.wait_delivered(3, Duration::from_secs(60)).await;
     relay.stop().await;
-    let p = row(&outbox, poison).await;
+    let p = outbox.row(poison).await;
     println!(
         "poison row: {} holds_key {} reason {:?}",
         p.status, p.holds_key, p.last_error
     );
     assert_eq!((p.status.as_str(), p.holds_key), ("parked", false));
-    let records = read_topic(&kafka_bootstrap(), &outbox.topic);
+    let records = read_records(&kafka_bootstrap(), &outbox.topic);
     let ns: Vec<i64> = records
         .iter()
         .map(|r| r.json()["n"].as_i64().unwrap())
@@ -305,29 +288,36 @@ async fn skip_key_on_a_hold_key_topic_lets_the_waiting_rows_through_and_the_pois
     let outbox = TestOutbox::new(1).await;
     let mut config = outbox.config();
     set_property(&mut config, "message.max.bytes", "10000");
-    let poison = insert(&outbox, &outbox.topic, Some("k"), big_payload(20_000)).await;
-    let waiting = insert_many(&outbox, &outbox.topic, "k", 3).await;
+    let poison = outbox
+        .insert(&outbox.topic, Some("k"), big_payload(20_000))
+        .await;
+    let waiting = outbox.insert_many(&outbox.topic, "k", 3).await;
 
     let relay = RunningRelay::start(&config);
-    let p = wait_status(&outbox, poison, "parked", Duration::from_secs(60)).await;
+    let p = outbox
+        .wait_status(poison, "parked", Duration::from_secs(60))
+        .await;
     assert!(p.holds_key);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    outbox.deliver_raw_sentinel().await;
+    relay.stop().await;
     assert_eq!(
         pending_ids(&outbox, &waiting).await,
         3,
         "held before skip-key"
     );
-    let change = ops(&outbox)
+    let relay = RunningRelay::start(&config);
+    let change = outbox
+        .ops()
         .skip_key(&outbox.topic, "k", false)
         .await
         .unwrap();
     println!("skip-key: {change:?}");
     assert_eq!((change.ids.as_slice(), change.waiting), (&[poison][..], 3));
-    outbox.wait_delivered(3, Duration::from_secs(60)).await;
+    outbox.wait_delivered(1 + 3, Duration::from_secs(60)).await;
     relay.stop().await;
-    let p = row(&outbox, poison).await;
+    let p = outbox.row(poison).await;
     assert_eq!((p.status.as_str(), p.holds_key), ("parked", false));
-    assert_eq!(assert_marks_in_key_order(&rows(&outbox).await), 3);
+    assert_eq!(assert_marks_in_key_order(&outbox.rows().await), 1 + 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,25 +327,21 @@ async fn a_row_for_an_invalid_topic_name_is_parked_with_a_readable_reason() {
     let mut config = outbox.config();
     // Safety net: if librdkafka only ever reports a timeout, don't wait the 300 s default.
     set_property(&mut config, "message.timeout.ms", "3000");
-    let bad = insert(
-        &outbox,
-        "bad topic!",
-        Some("k"),
-        serde_json::json!({"n": 1}),
-    )
-    .await;
-    let fine = insert(
-        &outbox,
-        &outbox.topic,
-        Some("k"),
-        serde_json::json!({"n": 2}),
-    )
-    .await;
+    let bad = outbox
+        .insert("bad topic!", Some("k"), serde_json::json!({"n": 1}))
+        .await;
+    let fine = outbox
+        .insert(&outbox.topic, Some("k"), serde_json::json!({"n": 2}))
+        .await;
     let started = Instant::now();
     let relay = RunningRelay::start(&config);
-    let r = wait_status(&outbox, bad, "parked", Duration::from_secs(60)).await;
+    let r = outbox
+        .wait_status(bad, "parked", Duration::from_secs(60))
+        .await;
     let parked_after = started.elapsed();
-    wait_status(&outbox, fine, "delivered", Duration::from_secs(60)).await;
+    outbox
+        .wait_status(fine, "delivered", Duration::from_secs(60))
+        .await;
     relay.stop().await;
     println!(
         "parked after {parked_after:?}: attempts {} reason {:?}",
@@ -376,8 +362,8 @@ async fn a_parked_row_is_copied_to_the_dead_letter_topic_with_its_reason_and_sta
     let small = format!("{}-small", outbox.topic);
     let dlt = format!("{}-dlt", outbox.topic);
     let plain = format!("{}-plain", outbox.topic);
-    create_topic_with(&small, &[("max.message.bytes", "2000")]).await;
-    create_topic_with(&plain, &[("max.message.bytes", "2000")]).await;
+    create_topic_configured(&small, &[("max.message.bytes", "2000")]).await;
+    create_topic_configured(&plain, &[("max.message.bytes", "2000")]).await;
     create_topic(&dlt, 1).await;
     let config = with_topic(
         outbox.config(),
@@ -387,17 +373,29 @@ async fn a_parked_row_is_copied_to_the_dead_letter_topic_with_its_reason_and_sta
             ..TopicConfig::default()
         },
     );
-    let poison = insert(&outbox, &small, Some("k"), big_payload(6_000)).await;
+    let poison = outbox.insert(&small, Some("k"), big_payload(6_000)).await;
     // Both travel in the poison row's record batch, which Kafka refuses as a whole.
-    let held = insert(&outbox, &small, Some("k"), serde_json::json!({"n": 0})).await;
-    let fine = insert(&outbox, &small, Some("other"), serde_json::json!({"n": 1})).await;
+    let held = outbox
+        .insert(&small, Some("k"), serde_json::json!({"n": 0}))
+        .await;
+    let fine = outbox
+        .insert(&small, Some("other"), serde_json::json!({"n": 1}))
+        .await;
     // Same failure on a topic without a dead-letter topic: parked, copied nowhere.
-    let poison_plain = insert(&outbox, &plain, Some("k"), big_payload(6_000)).await;
+    let poison_plain = outbox.insert(&plain, Some("k"), big_payload(6_000)).await;
 
     let relay = RunningRelay::start(&config);
-    let p = wait_status(&outbox, poison, "parked", Duration::from_secs(60)).await;
-    let pp = wait_status(&outbox, poison_plain, "parked", Duration::from_secs(60)).await;
-    wait_status(&outbox, fine, "delivered", Duration::from_secs(60)).await;
+    let p = outbox
+        .wait_status(poison, "parked", Duration::from_secs(60))
+        .await;
+    let pp = outbox
+        .wait_status(poison_plain, "parked", Duration::from_secs(60))
+        .await;
+    outbox
+        .wait_status(fine, "delivered", Duration::from_secs(60))
+        .await;
+    // Claimed after the parks: the held row was passed by since.
+    outbox.deliver_raw_sentinel().await;
     let dead_lettered = relay
         .relay
         .counters()
@@ -409,7 +407,7 @@ async fn a_parked_row_is_copied_to_the_dead_letter_topic_with_its_reason_and_sta
         p.last_error, pp.last_error
     );
 
-    let copies = read_topic(&kafka_bootstrap(), &dlt);
+    let copies = read_records(&kafka_bootstrap(), &dlt);
     assert_eq!(
         copies.len(),
         1,
@@ -430,21 +428,21 @@ async fn a_parked_row_is_copied_to_the_dead_letter_topic_with_its_reason_and_sta
     assert_eq!(c.header("outbox.id"), Some(poison.to_string().as_str()));
     assert_eq!(c.header("outbox.error"), p.last_error.as_deref());
     assert_eq!(c.header("outbox.attempts"), Some("1"));
-    assert_eq!(c.key.as_deref(), Some("k"));
+    assert_eq!(c.key_str(), Some("k"));
     assert_eq!(c.json(), big_payload_of(&outbox, poison).await);
     assert_eq!(dead_lettered, 1);
-    assert_eq!(row(&outbox, poison).await.status, "parked", "stays parked");
+    assert_eq!(outbox.row(poison).await.status, "parked", "stays parked");
     assert_eq!(
-        row(&outbox, held).await.status,
+        outbox.row(held).await.status,
         "pending",
         "held behind the poison row"
     );
     assert_eq!(
-        read_topic(&kafka_bootstrap(), &small).len(),
+        read_records(&kafka_bootstrap(), &small).len(),
         1,
         "only the fine row"
     );
-    assert!(read_topic(&kafka_bootstrap(), &plain).is_empty());
+    assert!(read_records(&kafka_bootstrap(), &plain).is_empty());
 }
 
 async fn big_payload_of(outbox: &TestOutbox, id: i64) -> serde_json::Value {
@@ -467,15 +465,13 @@ async fn a_key_held_by_a_parked_row_or_backing_off_does_not_block_other_keys() {
     // In id order: a poison row and 1,000 rows of its key; a row backing off for an hour and
     // 500 rows of its key; only then 1,000 rows of 50 other keys. Batches of 200 would be
     // filled with blocked rows if the claim applied the key rules after its LIMIT.
-    let poison = insert(&outbox, &outbox.topic, Some("stuck"), big_payload(20_000)).await;
-    let stuck = insert_many(&outbox, &outbox.topic, "stuck", 1_000).await;
-    let slow = insert(
-        &outbox,
-        &outbox.topic,
-        Some("slow"),
-        serde_json::json!({"n": 0}),
-    )
-    .await;
+    let poison = outbox
+        .insert(&outbox.topic, Some("stuck"), big_payload(20_000))
+        .await;
+    let stuck = outbox.insert_many(&outbox.topic, "stuck", 1_000).await;
+    let slow = outbox
+        .insert(&outbox.topic, Some("slow"), serde_json::json!({"n": 0}))
+        .await;
     sqlx::query(&format!(
         "UPDATE {} SET attempts = 1, next_attempt_at = now() + interval '1 hour', \
          last_error = 'test: backing off' WHERE id = $1",
@@ -485,7 +481,7 @@ async fn a_key_held_by_a_parked_row_or_backing_off_does_not_block_other_keys() {
     .execute(&outbox.pool)
     .await
     .unwrap();
-    let slow_waiting = insert_many(&outbox, &outbox.topic, "slow", 500).await;
+    let slow_waiting = outbox.insert_many(&outbox.topic, "slow", 500).await;
     sqlx::query(&format!(
         "INSERT INTO {} (topic, key, payload) \
          SELECT $1, 'o' || (i % 50), jsonb_build_object('n', i) FROM generate_series(1, 1000) i",
@@ -500,11 +496,14 @@ async fn a_key_held_by_a_parked_row_or_backing_off_does_not_block_other_keys() {
     let relay = RunningRelay::start(&config);
     outbox.wait_delivered(1_000, Duration::from_secs(60)).await;
     let took = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    outbox
+        .wait_status(poison, "parked", Duration::from_secs(60))
+        .await;
+    // Claimed after the poison row was parked: the blocked rows were passed by since.
+    outbox.deliver_raw_sentinel().await;
     relay.stop().await;
     println!("1,000 rows of other keys delivered in {took:?} behind 1,501 blocked rows");
-    assert_eq!(row(&outbox, poison).await.status, "parked");
-    assert_eq!(outbox.count("delivered").await, 1_000);
+    assert_eq!(outbox.count("delivered").await, 1_000 + 1);
     assert_eq!(pending_ids(&outbox, &stuck[..50]).await, 50);
     let still_pending: i64 = outbox.count("pending").await;
     assert_eq!(
@@ -513,10 +512,10 @@ async fn a_key_held_by_a_parked_row_or_backing_off_does_not_block_other_keys() {
         "held and backing-off keys stay pending"
     );
     assert_eq!(
-        row(&outbox, slow).await.attempts,
+        outbox.row(slow).await.attempts,
         1,
         "the backing-off row was not tried early"
     );
     let _ = slow_waiting;
-    assert_eq!(assert_marks_in_key_order(&rows(&outbox).await), 1_000);
+    assert_eq!(assert_marks_in_key_order(&outbox.rows().await), 1_000 + 1);
 }

@@ -1,22 +1,21 @@
-//! Integration tests on real Postgres and real Kafka (`scripts/stack up`).
+//! Integration tests on real Postgres and real Kafka (`scripts/stack up`). The heavy fault tests
+//! (services killed, relays killed) are the `faults` binary, run one at a time.
 
-// Test modules share helpers through `pub` items of a private module.
+// Test modules share the harness through `pub` items of a private module.
 #![allow(unreachable_pub)]
 
+#[allow(dead_code, unused_imports)] // each binary uses part of the harness
+#[path = "../support/mod.rs"]
+mod harness;
+
 mod catalogue;
+mod claim;
 mod cli;
-mod crash;
 mod delivery;
-mod failure_support;
 mod failures;
-mod helpers;
 mod mock_cluster;
 mod operators;
-mod outages;
-mod registry_support;
 mod serialization;
 mod serialization_failures;
 mod serialization_keys;
-mod stack_support;
 mod startup;
-mod three_relays;

@@ -11,11 +11,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-use crate::failure_support::{
-    assert_marks_in_key_order, history, insert, insert_many, install_history, read_topic, row,
-    rows, set_property, wait_status, RunningRelay,
+use crate::harness::{
+    assert_marks_in_key_order, read_records, set_property, RunningRelay, TestOutbox,
 };
-use crate::helpers::TestOutbox;
 
 type Mock = MockCluster<'static, DefaultProducerContext>;
 
@@ -51,16 +49,16 @@ async fn retriable_errors_cost_attempts_then_the_row_is_delivered_before_later_r
             ..TopicConfig::default()
         },
     );
-    install_history(&outbox).await;
-    let first = insert(
-        &outbox,
-        &outbox.topic,
-        Some("k"),
-        serde_json::json!({"key": "k", "n": 0}),
-    )
-    .await;
-    let later = insert_many(&outbox, &outbox.topic, "k", 4).await;
-    let others = insert_many(&outbox, &outbox.topic, "other", 3).await;
+    outbox.install_history().await;
+    let first = outbox
+        .insert(
+            &outbox.topic,
+            Some("k"),
+            serde_json::json!({"key": "k", "n": 0}),
+        )
+        .await;
+    let later = outbox.insert_many(&outbox.topic, "k", 4).await;
+    let others = outbox.insert_many(&outbox.topic, "other", 3).await;
     // Each relay attempt meets two of them (the send and librdkafka's one retry): two failed
     // attempts, then success.
     produce_errors(
@@ -72,8 +70,8 @@ async fn retriable_errors_cost_attempts_then_the_row_is_delivered_before_later_r
     outbox.wait_delivered(8, Duration::from_secs(30)).await;
     relay.stop().await;
 
-    let head = row(&outbox, first).await;
-    let changes = history(&outbox, first).await;
+    let head = outbox.row(first).await;
+    let changes = outbox.history(first).await;
     println!(
         "row {first}: attempts {}, last_error {:?}",
         head.attempts, head.last_error
@@ -99,15 +97,15 @@ async fn retriable_errors_cost_attempts_then_the_row_is_delivered_before_later_r
             "last_error names the error: {e}"
         );
     }
-    let all = rows(&outbox).await;
+    let all = outbox.rows().await;
     assert_eq!(assert_marks_in_key_order(&all), 8);
 
     // The mock topic itself: each row exactly once, key k's rows in id order.
-    let records = read_topic(&mock.bootstrap_servers(), &outbox.topic);
+    let records = read_records(&mock.bootstrap_servers(), &outbox.topic);
     assert_eq!(records.len(), 8, "every row exactly once: {records:?}");
     let k_order: Vec<i64> = records
         .iter()
-        .filter(|r| r.key.as_deref() == Some("k"))
+        .filter(|r| r.key_str() == Some("k"))
         .map(|r| r.json()["n"].as_i64().unwrap())
         .collect();
     println!("key k in the mock topic, by offset: {k_order:?}; others {others:?}, later {later:?}");
@@ -128,14 +126,12 @@ async fn a_non_retriable_error_parks_the_row_at_once_with_a_readable_reason() {
         ),
     ] {
         produce_errors(&mock, &[error]);
-        let id = insert(
-            &outbox,
-            &outbox.topic,
-            Some(key),
-            serde_json::json!({"key": key}),
-        )
-        .await;
-        let r = wait_status(&outbox, id, "parked", Duration::from_secs(60)).await;
+        let id = outbox
+            .insert(&outbox.topic, Some(key), serde_json::json!({"key": key}))
+            .await;
+        let r = outbox
+            .wait_status(id, "parked", Duration::from_secs(60))
+            .await;
         println!(
             "{error:?}: row {id} parked, attempts {}, reason {:?}",
             r.attempts, r.last_error
@@ -161,26 +157,21 @@ async fn a_non_retriable_error_parks_the_row_at_once_with_a_readable_reason() {
         "{parked:?}"
     );
 
-    // The producer is still usable: a later row of a parked key waits, other keys go.
-    let waiting = insert(
-        &outbox,
-        &outbox.topic,
-        Some("invalid"),
-        serde_json::json!({"n": 1}),
-    )
-    .await;
-    let fine = insert(
-        &outbox,
-        &outbox.topic,
-        Some("fine"),
-        serde_json::json!({"n": 2}),
-    )
-    .await;
-    wait_status(&outbox, fine, "delivered", Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The producer is still usable: a later row of a parked key waits, other keys go. The row
+    // of another key, inserted after the waiting one, is the sentinel: once it is delivered
+    // (and the relay stopped), the waiting row was passed by.
+    let waiting = outbox
+        .insert(&outbox.topic, Some("invalid"), serde_json::json!({"n": 1}))
+        .await;
+    let fine = outbox
+        .insert(&outbox.topic, Some("fine"), serde_json::json!({"n": 2}))
+        .await;
+    outbox
+        .wait_status(fine, "delivered", Duration::from_secs(60))
+        .await;
     relay.stop().await;
-    assert_eq!(row(&outbox, waiting).await.status, "pending");
-    let records = read_topic(&mock.bootstrap_servers(), &outbox.topic);
+    assert_eq!(outbox.row(waiting).await.status, "pending");
+    let records = read_records(&mock.bootstrap_servers(), &outbox.topic);
     assert_eq!(
         records.len(),
         1,
@@ -192,20 +183,20 @@ async fn a_non_retriable_error_parks_the_row_at_once_with_a_readable_reason() {
 async fn a_topic_authorization_error_is_an_outage_that_parks_nothing_and_burns_no_attempt() {
     let outbox = TestOutbox::new(1).await;
     let (mock, config) = mock_for(&outbox, TopicConfig::default());
-    install_history(&outbox).await;
+    outbox.install_history().await;
     produce_errors(
         &mock,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 3],
     );
-    let ids = insert_many(&outbox, &outbox.topic, "k", 3).await;
+    let ids = outbox.insert_many(&outbox.topic, "k", 3).await;
 
     let relay = RunningRelay::start(&config);
     outbox.wait_delivered(3, Duration::from_secs(30)).await;
     relay.stop().await;
 
     for id in ids {
-        let r = row(&outbox, id).await;
-        let changes = history(&outbox, id).await;
+        let r = outbox.row(id).await;
+        let changes = outbox.history(id).await;
         println!(
             "row {id}: {} attempts {} changes {:?}",
             r.status,
@@ -221,7 +212,7 @@ async fn a_topic_authorization_error_is_an_outage_that_parks_nothing_and_burns_n
             "never rescheduled or parked: {changes:?}"
         );
     }
-    assert_marks_in_key_order(&rows(&outbox).await);
+    assert_marks_in_key_order(&outbox.rows().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,25 +232,23 @@ async fn retry_delays_double_within_equal_jitter_bounds_and_the_row_is_parked_af
     set_property(&mut config, "retry.backoff.ms", "50");
     set_property(&mut config, "retry.backoff.max.ms", "50");
     set_property(&mut config, "message.timeout.ms", "1000");
-    install_history(&outbox).await;
+    outbox.install_history().await;
     produce_errors(
         &mock,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 500],
     );
-    let id = insert(
-        &outbox,
-        &outbox.topic,
-        Some("k"),
-        serde_json::json!({"n": 1}),
-    )
-    .await;
+    let id = outbox
+        .insert(&outbox.topic, Some("k"), serde_json::json!({"n": 1}))
+        .await;
 
     let relay = RunningRelay::start(&config);
-    let parked = wait_status(&outbox, id, "parked", Duration::from_secs(30)).await;
+    let parked = outbox
+        .wait_status(id, "parked", Duration::from_secs(30))
+        .await;
     relay.stop().await;
     mock.clear_request_errors(RDKafkaApiKey::Produce);
 
-    let changes = history(&outbox, id).await;
+    let changes = outbox.history(id).await;
     let mut delays = Vec::new();
     for c in &changes {
         let delay = (c.next_attempt_at - c.at).num_milliseconds();
@@ -313,33 +302,34 @@ async fn retry_delays_double_within_equal_jitter_bounds_and_the_row_is_parked_af
 /// outage forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_fatal_producer_error_the_relay_replaces_its_producer_and_delivers_in_order() {
-    crate::failure_support::init_logs();
+    crate::harness::init_logs();
     let outbox = TestOutbox::new(1).await;
     let (mock, config) = mock_for(&outbox, TopicConfig::default());
-    install_history(&outbox).await;
+    outbox.install_history().await;
     produce_errors(
         &mock,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
     );
-    let first = insert(
-        &outbox,
-        &outbox.topic,
-        Some("k"),
-        serde_json::json!({"key": "k", "n": 0}),
-    )
-    .await;
-    insert_many(&outbox, &outbox.topic, "k", 3).await;
-    insert_many(&outbox, &outbox.topic, "j", 3).await;
+    let first = outbox
+        .insert(
+            &outbox.topic,
+            Some("k"),
+            serde_json::json!({"key": "k", "n": 0}),
+        )
+        .await;
+    outbox.insert_many(&outbox.topic, "k", 3).await;
+    outbox.insert_many(&outbox.topic, "j", 3).await;
 
     let relay = RunningRelay::start(&config);
     outbox.wait_delivered(7, Duration::from_secs(60)).await;
     relay.stop().await;
 
-    let head = row(&outbox, first).await;
+    let head = outbox.row(first).await;
     println!(
         "row {first}: attempts {} changes {:?}",
         head.attempts,
-        history(&outbox, first)
+        outbox
+            .history(first)
             .await
             .iter()
             .map(|c| (&c.status, c.attempts, c.last_error.clone()))
@@ -349,7 +339,7 @@ async fn after_a_fatal_producer_error_the_relay_replaces_its_producer_and_delive
         head.attempts <= 1,
         "the fatal error burned at most the attempt that met it"
     );
-    assert_eq!(assert_marks_in_key_order(&rows(&outbox).await), 7);
-    let records = read_topic(&mock.bootstrap_servers(), &outbox.topic);
+    assert_eq!(assert_marks_in_key_order(&outbox.rows().await), 7);
+    let records = read_records(&mock.bootstrap_servers(), &outbox.topic);
     assert_eq!(records.len(), 7, "each row once");
 }

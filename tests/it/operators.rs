@@ -5,21 +5,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use outbox_relay::order_check;
-use outbox_relay::outbox::{ParkedOps, Selector, TableName};
+use outbox_relay::outbox::Selector;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use uuid::Uuid;
 
-use crate::helpers::{consume_all, kafka_bootstrap, relay_until_delivered, TestOutbox};
-
-fn ops(outbox: &TestOutbox) -> ParkedOps {
-    ParkedOps::new(outbox.pool.clone(), &table_name(outbox))
-}
-
-fn table_name(outbox: &TestOutbox) -> TableName {
-    TableName::new(&outbox.schema, "outbox").unwrap()
-}
+use crate::harness::{consume_all, kafka_bootstrap, relay_until_delivered, TestOutbox};
 
 /// Parks one row the way the relay would.
 async fn park(outbox: &TestOutbox, id: i64, error: &str, attempts: i32, holds_key: bool) {
@@ -123,7 +115,7 @@ async fn replayed_parked_rows_are_delivered_with_the_same_event_id_and_audit_fie
     assert_eq!(after.event_id, before.event_id);
 
     relay_until_delivered(&outbox, 3).await;
-    let records = consume_all(&outbox.topic);
+    let records = consume_all(&outbox.topic).await;
     let event_id = before.event_id.to_string();
     let copies = records.iter().filter(|r| r.event_id() == event_id).count();
     assert_eq!(copies, 1, "{records:#?}");
@@ -170,7 +162,7 @@ async fn dry_run_replay_changes_nothing() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(run.stdout.contains("would skip"), "{}", run.stdout);
 
-    let ops = ops(&outbox);
+    let ops = outbox.ops();
     let all = Selector::default();
     assert_eq!(ops.replay(&all, true, true).await.unwrap(), vec![1, 4]);
     assert_eq!(
@@ -259,7 +251,7 @@ async fn parked_lists_counts_by_reason_and_held_keys() {
     park(&outbox, 2, "schema mismatch", 1, false).await;
     park(&outbox, 3, &long, 2, true).await;
 
-    let ops = ops(&outbox);
+    let ops = outbox.ops();
     let all = Selector::default();
     let (rows, total) = ops.list(&all, 50).await.unwrap();
     assert_eq!(total, 4);
@@ -376,7 +368,7 @@ async fn skip_key_releases_waiting_rows_and_keeps_the_parked_row() {
     assert_eq!(row.last_error.as_deref(), Some("record too large"));
     assert!(!held_back(&outbox, 3).await && !held_back(&outbox, 5).await);
     assert_eq!(outbox.count("pending").await, 5);
-    let ops = ops(&outbox);
+    let ops = outbox.ops();
     assert!(ops
         .held_keys(&Selector::default(), 50)
         .await
@@ -404,7 +396,7 @@ async fn release_key_replays_the_holding_row() {
     park(&outbox, 2, "other key, not released", 1, true).await;
     let event_id = audit(&outbox, 1).await.event_id;
 
-    let ops = ops(&outbox);
+    let ops = outbox.ops();
     let change = ops.release_key(&outbox.topic, "k1", false).await.unwrap();
     assert_eq!(change.ids, vec![1]);
     assert_eq!(change.waiting, 2);
@@ -507,7 +499,7 @@ async fn order_checker_counts_lost_duplicated_and_reordered_records() {
 
     let report = order_check::check(
         &outbox.pool,
-        &table_name(&outbox),
+        &outbox.table_name(),
         &kafka_bootstrap(),
         &outbox.topic,
     )
@@ -548,7 +540,7 @@ async fn order_checker_counts_lost_duplicated_and_reordered_records() {
     relay_until_delivered(&clean, 300).await;
     let report = order_check::check(
         &clean.pool,
-        &table_name(&clean),
+        &clean.table_name(),
         &kafka_bootstrap(),
         &clean.topic,
     )
@@ -563,7 +555,7 @@ async fn order_checker_counts_lost_duplicated_and_reordered_records() {
     let run = cli(&config, &["check-order", "--topic", &clean.topic]);
     assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("verdict:    OK"), "{}", run.stdout);
-    assert_eq!(consume_all(&clean.topic).len(), 300);
+    assert_eq!(consume_all(&clean.topic).await.len(), 300);
 }
 
 #[tokio::test]
@@ -577,7 +569,7 @@ async fn concurrent_replays_change_each_parked_row_once() {
     .execute(&outbox.pool)
     .await
     .unwrap();
-    let ops = ops(&outbox);
+    let ops = outbox.ops();
     let all = Selector::default();
     let runs: Vec<_> = (0..4)
         .map(|_| {

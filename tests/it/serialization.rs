@@ -12,10 +12,9 @@ use outbox_relay_testkit::SchemaRegistryDouble;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{create_topic, TestOutbox};
-use crate::registry_support::{
-    consume_raw_async, decode_with_confluent, insert, registry_config, topic, wait_counts, Row,
-    RunningRelay,
+use crate::harness::{
+    consume_all, create_topic, decode_with_confluent, registry_config, topic, Row, RunningRelay,
+    TestOutbox,
 };
 
 const AVRO_ORDER: &str = r#"{
@@ -100,10 +99,12 @@ async fn round_trip(
         .into_iter()
         .map(|(key, payload, headers)| Row::new(&outbox.topic, key, payload).headers(headers))
         .collect();
-    let ids = insert(&outbox, &rows).await;
+    let ids = outbox.insert_all(&rows).await;
 
     let relay = RunningRelay::start(&config);
-    wait_counts(&outbox, rows.len() as i64, 0, Duration::from_secs(60)).await;
+    outbox
+        .wait_counts(rows.len() as i64, 0, Duration::from_secs(60))
+        .await;
     relay.stop().await;
     assert_eq!(outbox.count("parked").await, 0);
 
@@ -462,10 +463,12 @@ async fn each_subject_strategy_selection_mode_and_row_override_picks_the_right_s
         latest_v1,
     ));
     let rows: Vec<Row> = expected.iter().map(|(r, _)| r.clone()).collect();
-    let ids = insert(&outbox, &rows).await;
+    let ids = outbox.insert_all(&rows).await;
 
     let relay = RunningRelay::start(&config);
-    wait_counts(&outbox, rows.len() as i64, 0, Duration::from_secs(60)).await;
+    outbox
+        .wait_counts(rows.len() as i64, 0, Duration::from_secs(60))
+        .await;
     relay.stop().await;
     assert_eq!(outbox.count("parked").await, 0);
 
@@ -477,7 +480,7 @@ async fn each_subject_strategy_selection_mode_and_row_override_picks_the_right_s
         &pinned_version,
         &pinned_id,
     ] {
-        for record in consume_raw_async(name).await {
+        for record in consume_all(name).await {
             let at = ids
                 .iter()
                 .position(|(_, e)| e.to_string() == record.event_id())

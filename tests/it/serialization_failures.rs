@@ -11,12 +11,9 @@ use outbox_relay::config::{Format, OnParked, Secret, TopicConfig};
 use outbox_relay_testkit::{DoubleOptions, SchemaRegistryDouble};
 use serde_json::json;
 
-use crate::helpers::{
-    create_topic, kafka_bootstrap, signal, spawn_relay_binary, wait_exit, TestOutbox,
-};
-use crate::registry_support::{
-    consume_raw_async, insert, registry_config, row_states, topic, total_attempts, wait_counts,
-    Row, RunningRelay,
+use crate::harness::{
+    consume_all, create_topic, kafka_bootstrap, registry_config, signal, spawn_relay_binary, topic,
+    wait_exit, wait_for_log, Row, RunningRelay, TestOutbox,
 };
 
 const AVRO_EVENT: &str = r#"{
@@ -45,7 +42,7 @@ message Counted { int64 count = 1; string label = 2; }
 
 /// Nothing is left pending, parked or attempted, and no row carries an error.
 async fn assert_untouched(outbox: &TestOutbox, rows: i64) {
-    let states = row_states(outbox).await;
+    let states = outbox.rows().await;
     assert_eq!(states.len() as i64, rows);
     for s in &states {
         assert!(
@@ -169,18 +166,21 @@ async fn every_unserializable_row_is_parked_naming_subject_and_field_while_neigh
         ),
     ];
     let inserted: Vec<Row> = rows.iter().map(|(r, _)| r.clone()).collect();
-    let ids = insert(&outbox, &inserted).await;
+    let ids = outbox.insert_all(&inserted).await;
     let count = |f: fn(&Fate) -> bool| rows.iter().filter(|(_, fate)| f(fate)).count() as i64;
     let delivered = count(|f| matches!(f, Fate::Delivered));
     let parked = count(|f| matches!(f, Fate::Parked(_)));
 
     let relay = RunningRelay::start(&config);
-    wait_counts(&outbox, delivered, parked, Duration::from_secs(60)).await;
-    // Room for a wrong delivery of a held row to happen before we look.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    outbox
+        .wait_counts(delivered, parked, Duration::from_secs(60))
+        .await;
+    // Claimed after every parked row was parked: the held rows were passed by since (and
+    // stopping drains every batch in flight).
+    let sentinel = outbox.deliver_sentinel(&hold, ok(99)).await;
     relay.stop().await;
 
-    let states = row_states(&outbox).await;
+    let states = outbox.rows().await;
     for ((row, fate), state) in rows.iter().zip(&states) {
         let what = format!("row {row:?}\n  is {state:?}");
         match fate {
@@ -207,7 +207,7 @@ async fn every_unserializable_row_is_parked_naming_subject_and_field_while_neigh
     // Kafka holds the delivered rows and nothing else.
     let mut in_kafka = HashSet::new();
     for t in [&hold, &skip, &json_topic, &proto] {
-        for r in consume_raw_async(t).await {
+        for r in consume_all(t).await {
             assert!(in_kafka.insert(r.event_id().to_owned()), "twice: {r:?}");
         }
     }
@@ -216,6 +216,7 @@ async fn every_unserializable_row_is_parked_naming_subject_and_field_while_neigh
         .zip(&ids)
         .filter(|((_, fate), _)| matches!(fate, Fate::Delivered))
         .map(|(_, (_, e))| e.to_string())
+        .chain([outbox.row(sentinel).await.event_id.to_string()])
         .collect();
     assert_eq!(in_kafka, want);
 }
@@ -245,16 +246,20 @@ async fn outage_then_recovery(
     take_down(&double).await;
     let before = double.requests();
     let relay = RunningRelay::start(&config);
+    // The relay's turn at the rows while the registry is away: a batch claimed some and ended
+    // (no sentinel can go through an outage, which pauses every row).
+    outbox.wait_claimed(1, Duration::from_secs(60)).await;
+    // The window in which the registry requests are counted.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let while_down = double.requests() - before;
     assert_untouched(&outbox, rows).await;
-    assert_eq!(total_attempts(&outbox).await, 0);
+    assert_eq!(outbox.total_attempts().await, 0);
 
     heal(&double).await;
     outbox.wait_delivered(rows, Duration::from_secs(60)).await;
     relay.stop().await;
     assert_eq!(outbox.count("parked").await, 0);
-    assert_eq!(total_attempts(&outbox).await, 0);
+    assert_eq!(outbox.total_attempts().await, 0);
     let errors: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM {} WHERE last_error IS NOT NULL",
         outbox.table()
@@ -326,7 +331,7 @@ async fn steady_state_costs_no_registry_call_per_row() {
     assert!(warm > 0);
     assert_eq!(after, warm, "rows in steady state asked the registry");
     assert_eq!(outbox.count("parked").await, 0);
-    assert_eq!(consume_raw_async(&outbox.topic).await.len(), 5_200);
+    assert_eq!(consume_all(&outbox.topic).await.len(), 5_200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +364,9 @@ async fn refused_registry_credentials_are_an_outage_and_good_ones_deliver() {
     );
     let log = dir.path().join("relay.log");
     let mut child = spawn_relay_binary(&config_file, &log);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The relay's turn at the rows: a batch claimed some, met the refusal and ended.
+    wait_for_log(&log, &["credentials"], Duration::from_secs(60)).await;
+    outbox.wait_claimed(1, Duration::from_secs(60)).await;
     signal(&child, Signal::SIGTERM);
     let (status, _) = wait_exit(&mut child, Duration::from_secs(20))
         .await
@@ -388,7 +395,7 @@ async fn refused_registry_credentials_are_an_outage_and_good_ones_deliver() {
     let relay = RunningRelay::start(&config);
     outbox.wait_delivered(100, Duration::from_secs(60)).await;
     relay.stop().await;
-    assert_eq!(total_attempts(&outbox).await, 0);
+    assert_eq!(outbox.total_attempts().await, 0);
     assert_eq!(outbox.count("parked").await, 0);
 }
 
@@ -418,7 +425,7 @@ async fn auto_register_registers_the_schemas_dir_at_startup_and_delivers() {
 
     // Registering the same text again answers the id the relay registered it under.
     let id = double.register(&format!("{}-value", outbox.topic), "AVRO", schema);
-    let records = consume_raw_async(&outbox.topic).await;
+    let records = consume_all(&outbox.topic).await;
     assert_eq!(records.len(), 20);
     assert!(records.iter().all(|r| r.schema_id() == id));
 }
@@ -453,8 +460,8 @@ async fn registry_failing_after_warm_up_keeps_the_last_known_latest_without_aski
     relay.stop().await;
     println!("registry requests while failing, for {rows} rows on a stale latest: {asked}");
     assert_eq!(outbox.count("parked").await, 0);
-    assert_eq!(total_attempts(&outbox).await, 0);
-    let records = consume_raw_async(&outbox.topic).await;
+    assert_eq!(outbox.total_attempts().await, 0);
+    let records = consume_all(&outbox.topic).await;
     assert!(records.iter().all(|r| r.schema_id() == id));
     assert!(
         asked < rows as u64 / 10,

@@ -7,10 +7,8 @@ use outbox_relay::config::{Format, KeyFormat, TopicConfig};
 use outbox_relay_testkit::SchemaRegistryDouble;
 use serde_json::json;
 
-use crate::helpers::TestOutbox;
-use crate::registry_support::{
-    consume_raw_async, decode_with_confluent_keys, insert, registry_config, row_states,
-    wait_counts, Row, RunningRelay,
+use crate::harness::{
+    consume_all, decode_with_confluent_keys, registry_config, Row, RunningRelay, TestOutbox,
 };
 
 const VALUE: &str = r#"{"type": "record", "name": "Keyed", "namespace": "it.keys",
@@ -42,12 +40,12 @@ async fn registry_keys_are_framed_with_the_key_subjects_schema_and_decode_with_c
             )
         })
         .collect();
-    insert(&outbox, &rows).await;
+    outbox.insert_all(&rows).await;
     let relay = RunningRelay::start(&config);
-    wait_counts(&outbox, 6, 0, Duration::from_secs(60)).await;
+    outbox.wait_counts(6, 0, Duration::from_secs(60)).await;
     relay.stop().await;
 
-    for record in consume_raw_async(&outbox.topic).await {
+    for record in consume_all(&outbox.topic).await {
         let key = record.key.as_deref().expect("a key");
         assert_eq!(key[0], 0, "magic byte");
         assert_eq!(u32::from_be_bytes([key[1], key[2], key[3], key[4]]), key_id);
@@ -80,23 +78,21 @@ async fn a_key_that_fits_no_key_schema_is_parked_and_a_json_key_fits_a_record_ke
             ..TopicConfig::default()
         },
     );
-    insert(
-        &outbox,
-        &[
+    outbox
+        .insert_all(&[
             Row::new(
                 &outbox.topic,
                 Some(r#"{"region": "eu", "order": 7}"#),
                 json!({"n": 1}),
             ),
             Row::new(&outbox.topic, Some("plain-text-key"), json!({"n": 2})),
-        ],
-    )
-    .await;
+        ])
+        .await;
     let relay = RunningRelay::start(&config);
-    wait_counts(&outbox, 1, 1, Duration::from_secs(60)).await;
+    outbox.wait_counts(1, 1, Duration::from_secs(60)).await;
     relay.stop().await;
 
-    let states = row_states(&outbox).await;
+    let states = outbox.rows().await;
     assert_eq!(states[0].status, "delivered", "{states:#?}");
     assert_eq!(states[1].status, "parked", "{states:#?}");
     let reason = states[1].last_error.as_deref().unwrap_or_default();

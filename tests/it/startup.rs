@@ -1,12 +1,13 @@
 //! Kafka unreachable at start-up: the relay waits, says so, and delivers once it is up.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{
-    consume_all, kafka_bootstrap, signal, spawn_relay_binary, wait_exit, TestOutbox,
+use crate::harness::{
+    consume_all, kafka_bootstrap, log_count, signal, spawn_relay_binary, wait_exit, wait_for_log,
+    wait_until, TestOutbox,
 };
 
 /// Forwards every connection on `listener` to the real broker.
@@ -42,36 +43,28 @@ async fn kafka_unreachable_at_startup_is_retried_and_rows_are_delivered_once_it_
     let log = dir.path().join("relay.log");
     let mut relay = spawn_relay_binary(&config, &log);
 
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("Kafka not reachable") {
-            assert!(
-                text.contains(&bootstrap),
-                "the log line names the address:\n{text}"
-            );
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no clear log line:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        outbox.count("delivered").await,
-        0,
-        "a row was marked while Kafka was down"
+    let text = wait_for_log(&log, &["Kafka not reachable"], Duration::from_secs(30)).await;
+    assert!(
+        text.contains(&bootstrap),
+        "the log line names the address:\n{text}"
     );
-    let attempts: i64 = sqlx::query_scalar(&format!(
-        "SELECT coalesce(sum(attempts), 0) FROM {}",
-        outbox.table()
-    ))
-    .fetch_one(&outbox.pool)
-    .await
-    .unwrap();
-    assert_eq!(attempts, 0, "the outage burned attempts");
+    // A second probe: the relay had another turn after the first failure, and still claimed
+    // nothing (a claim leaves its trace on the rows, see `claimed_count`).
+    wait_until(Duration::from_secs(30), "a second failed probe", || async {
+        log_count(&log, "Kafka not reachable") >= 2
+    })
+    .await;
+    assert_eq!(
+        outbox.claimed_count().await,
+        0,
+        "rows were claimed while Kafka was down"
+    );
+    assert_eq!(outbox.count("delivered").await, 0);
+    assert_eq!(
+        outbox.total_attempts().await,
+        0,
+        "the outage burned attempts"
+    );
 
     // Kafka "comes up" at the bootstrap address.
     let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
@@ -83,7 +76,12 @@ async fn kafka_unreachable_at_startup_is_retried_and_rows_are_delivered_once_it_
         .expect("relay exits");
     proxy.abort();
     assert!(status.success());
-    assert_eq!(consume_all(&outbox.topic).len(), 100);
+    assert_eq!(consume_all(&outbox.topic).await.len(), 100);
+    assert_eq!(
+        outbox.total_attempts().await,
+        0,
+        "the outage burned attempts"
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("Kafka answers again"), "{text}");
 }

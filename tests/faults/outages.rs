@@ -6,10 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{database_url, kafka_bootstrap};
-use crate::stack_support::{
-    check_order, log_count, log_dir, outbox_at, relay_config, tally, try_count, wait_no_pending,
-    DedicatedKafka, DedicatedPostgres, RelayProcess, Writer,
+use crate::harness::{
+    database_url, kafka_bootstrap, log_count, log_dir, DedicatedKafka, DedicatedPostgres,
+    RelayProcess, TestOutbox, Writer,
 };
 
 const KAFKA_DIR: &str = "/var/tmp/outbox-relay-res-kafka";
@@ -18,57 +17,41 @@ const PG_DIR: &str = "/var/tmp/outbox-relay-res-pg";
 const PG_PORT: u16 = 15432;
 const KEYS: i64 = 500;
 
-/// Polls `count(status = 'delivered')` until it reaches `n` (database outages tolerated).
-async fn wait_delivered_at_least(pool: &sqlx::PgPool, table: &str, n: i64, timeout: Duration) {
-    let start = Instant::now();
-    while try_count(pool, table, "delivered").await.unwrap_or(0) < n {
-        assert!(
-            start.elapsed() < timeout,
-            "fewer than {n} rows delivered after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn kafka_broker_killed_for_30_s_under_load_then_restarted_loses_nothing_and_burns_no_attempt()
 {
     let kafka = DedicatedKafka::start(KAFKA_DIR, KAFKA_PORT).await;
     let bootstrap = kafka.bootstrap();
-    let outbox = outbox_at(&database_url(), &bootstrap, 3).await;
+    let outbox = TestOutbox::at(&database_url(), &bootstrap, 3).await;
     let dir = log_dir("kafka_outage");
     // Records time out in librdkafka well within the outage, so the relay sees delivery
     // failures (not just slow acknowledgements) while the broker is away.
-    let config = relay_config(
-        dir.as_path(),
+    let config = outbox.config_file_in(
+        &dir,
         "relay",
-        &database_url(),
-        &outbox,
         &bootstrap,
         "[kafka.properties]\n\"message.timeout.ms\" = 10000\n",
     );
     let mut relay = RelayProcess::spawn(&config, dir.as_path().join("relay.log"));
     let writer = Writer::start(&outbox, 50, Duration::from_millis(100), KEYS, i64::MAX);
-    let table = outbox.table();
-    wait_delivered_at_least(&outbox.pool, &table, 1_000, Duration::from_secs(60)).await;
+    outbox.wait_delivered(1_000, Duration::from_secs(60)).await;
 
     kafka.kill().await;
-    let delivered_at_kill = try_count(&outbox.pool, &table, "delivered").await.unwrap();
+    let delivered_at_kill = outbox.count("delivered").await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     relay.assert_running();
-    let delivered_while_down =
-        try_count(&outbox.pool, &table, "delivered").await.unwrap() - delivered_at_kill;
-    let pending_at_restart = try_count(&outbox.pool, &table, "pending").await.unwrap();
+    let delivered_while_down = outbox.count("delivered").await - delivered_at_kill;
+    let pending_at_restart = outbox.count("pending").await;
 
     let restart = Instant::now();
     kafka.up().await;
     let answered = restart.elapsed();
     let committed = writer.stop().await;
-    let drained = wait_no_pending(&outbox, Duration::from_secs(300)).await;
+    let drained = outbox.wait_no_pending(Duration::from_secs(300)).await;
     relay.assert_running();
 
-    let (rows, delivered, parked, attempts) = tally(&outbox).await;
-    let report = check_order(&outbox, &bootstrap).await;
+    let (rows, delivered, parked, attempts) = outbox.tally().await;
+    let report = outbox.check_order().await;
     println!(
         "kafka killed for 30 s: {committed} rows written, {pending_at_restart} pending at restart, \
          {delivered_while_down} marked while down (in flight at the kill); restart → broker \
@@ -93,13 +76,12 @@ async fn kafka_broker_killed_for_30_s_under_load_then_restarted_loses_nothing_an
 async fn postgres_crashed_twice_under_load_the_relay_reconnects_by_itself_and_loses_nothing() {
     let pg = DedicatedPostgres::start(PG_DIR, PG_PORT).await;
     let bootstrap = kafka_bootstrap();
-    let outbox = outbox_at(&pg.url(), &bootstrap, 3).await;
+    let outbox = TestOutbox::at(&pg.url(), &bootstrap, 3).await;
     let dir = log_dir("postgres_crash");
-    let config = relay_config(dir.as_path(), "relay", &pg.url(), &outbox, &bootstrap, "");
+    let config = outbox.config_file_in(&dir, "relay", &bootstrap, "");
     let mut relay = RelayProcess::spawn(&config, dir.as_path().join("relay.log"));
     let writer = Writer::start(&outbox, 50, Duration::from_millis(100), KEYS, i64::MAX);
-    let table = outbox.table();
-    wait_delivered_at_least(&outbox.pool, &table, 1_000, Duration::from_secs(60)).await;
+    outbox.wait_delivered(1_000, Duration::from_secs(60)).await;
 
     let mut resumed_after = Vec::new();
     for round in 1..=2 {
@@ -108,17 +90,16 @@ async fn postgres_crashed_twice_under_load_the_relay_reconnects_by_itself_and_lo
         relay.assert_running();
         pg.up().await;
         let started = Instant::now();
-        let base = loop {
-            if let Some(n) = try_count(&outbox.pool, &table, "delivered").await {
-                break n;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "cannot reconnect"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        wait_delivered_at_least(&outbox.pool, &table, base + 1, Duration::from_secs(120)).await;
+        let base = std::cell::Cell::new(None);
+        outbox
+            .wait_until(Duration::from_secs(60), "a connection again", || async {
+                base.set(outbox.try_count("delivered").await);
+                base.get().is_some()
+            })
+            .await;
+        outbox
+            .wait_delivered(base.get().unwrap() + 1, Duration::from_secs(120))
+            .await;
         let resumed = started.elapsed();
         println!("postgres crash {round}: delivery resumed {resumed:?} after the start");
         resumed_after.push(resumed);
@@ -126,11 +107,11 @@ async fn postgres_crashed_twice_under_load_the_relay_reconnects_by_itself_and_lo
     }
     let failed_inserts = writer.failed.load(std::sync::atomic::Ordering::SeqCst);
     let committed = writer.stop().await;
-    let drained = wait_no_pending(&outbox, Duration::from_secs(300)).await;
+    let drained = outbox.wait_no_pending(Duration::from_secs(300)).await;
     relay.assert_running();
 
-    let (rows, delivered, parked, attempts) = tally(&outbox).await;
-    let report = check_order(&outbox, &bootstrap).await;
+    let (rows, delivered, parked, attempts) = outbox.tally().await;
+    let report = outbox.check_order().await;
     println!(
         "postgres crashed twice: {committed} rows acknowledged to the writer ({failed_inserts} \
          inserts failed while down), {rows} in the outbox; delivery resumed {resumed_after:?} \

@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::helpers::{kafka_bootstrap, TestOutbox};
-use crate::stack_support::{
-    batches_logged, check_order, log_dir, relay_config, tally, try_count, RelayProcess, Writer,
-};
+use crate::harness::{batches_logged, kafka_bootstrap, log_dir, RelayProcess, TestOutbox, Writer};
 
 const ROWS: i64 = 50_000;
 const UP_FRONT: i64 = 25_000;
@@ -25,14 +22,7 @@ async fn three_relays_with_one_killed_every_1_to_2_s_lose_nothing_and_keep_every
     outbox.insert_rows(UP_FRONT, KEYS).await;
     let dir = log_dir("three_relays");
     let bootstrap = kafka_bootstrap();
-    let config = relay_config(
-        dir.as_path(),
-        "relay",
-        &crate::helpers::database_url(),
-        &outbox,
-        &bootstrap,
-        "",
-    );
+    let config = outbox.config_file_in(&dir, "relay", &bootstrap, "");
     let log = |name: String| dir.as_path().join(format!("{name}.log"));
     let mut victim = RelayProcess::spawn_logging_batches(&config, log("a-0".into()));
     let mut steady = [
@@ -56,9 +46,7 @@ async fn three_relays_with_one_killed_every_1_to_2_s_lose_nothing_and_keep_every
         for r in &mut steady {
             r.assert_running();
         }
-        let pending = try_count(&outbox.pool, &outbox.table(), "pending")
-            .await
-            .unwrap();
+        let pending = outbox.count("pending").await;
         if writer.is_done() && pending == 0 {
             break;
         }
@@ -87,8 +75,8 @@ async fn three_relays_with_one_killed_every_1_to_2_s_lose_nothing_and_keep_every
         .map(|n| batches_logged(&log((*n).into())).0)
         .collect();
 
-    let (rows, delivered, parked, attempts) = tally(&outbox).await;
-    let report = check_order(&outbox, &bootstrap).await;
+    let (rows, delivered, parked, attempts) = outbox.tally().await;
+    let report = outbox.check_order().await;
     println!(
         "three relays, one SIGKILLed {kills} times: {rows} rows ({UP_FRONT} up front, {written} \
          while running) delivered in {took:?}; duplicates {}; parked {parked}, sum(attempts) \

@@ -2,12 +2,13 @@
 //! were in flight, acknowledged rows marked on a graceful stop.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::helpers::{
-    consume_all, event_id_counts, signal, spawn_relay_binary, wait_exit, TestOutbox,
+use crate::harness::{
+    consume_all, event_id_counts, kafka_bootstrap, signal, spawn_relay_binary, wait_exit,
+    TestOutbox,
 };
 
 #[tokio::test]
@@ -17,23 +18,23 @@ async fn kill_9_mid_run_then_restart_delivers_every_row_with_duplicates_only_amo
     let outbox = TestOutbox::new(3).await;
     outbox.insert_rows(ROWS, 200).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = outbox.config_file(&dir, &crate::helpers::kafka_bootstrap(), "");
+    let config = outbox.config_file(&dir, &kafka_bootstrap(), "");
     let c = outbox.config().relay;
     let in_flight_bound = i64::from(c.batch_size * c.concurrency);
 
     let mut relay = spawn_relay_binary(&config, &dir.path().join("first.log"));
-    let start = Instant::now();
-    while outbox.count("delivered").await < 1_000 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "relay delivered nothing"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    outbox.wait_delivered(1_000, Duration::from_secs(60)).await;
     signal(&relay, Signal::SIGKILL);
     relay.wait().unwrap();
-    // Postgres has rolled back the dead relay's batches by the time its connections close.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Postgres rolls back the dead relay's batches once it notices its connections closed:
+    // wait until no row is locked any more, so the marks read next are final.
+    outbox
+        .wait_until(
+            Duration::from_secs(60),
+            "the dead relay's locks to go",
+            || async { outbox.locked_count().await == 0 },
+        )
+        .await;
     let marked_before_kill: HashSet<String> =
         outbox.delivered_positions().await.into_keys().collect();
     assert!(
@@ -48,7 +49,7 @@ async fn kill_9_mid_run_then_restart_delivers_every_row_with_duplicates_only_amo
         .await
         .expect("relay exits");
 
-    let counts = event_id_counts(&consume_all(&outbox.topic));
+    let counts = event_id_counts(&consume_all(&outbox.topic).await);
     let duplicated: Vec<&String> = counts
         .iter()
         .filter(|(_, &n)| n > 1)
@@ -81,19 +82,12 @@ async fn sigterm_during_a_run_exits_within_the_bound_and_leaves_no_acknowledged_
     let outbox = TestOutbox::new(3).await;
     outbox.insert_rows(ROWS, 100).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = outbox.config_file(&dir, &crate::helpers::kafka_bootstrap(), "");
+    let config = outbox.config_file(&dir, &kafka_bootstrap(), "");
     let bound = Duration::from_millis(outbox.config().relay.shutdown_timeout_ms);
     let log = dir.path().join("relay.log");
 
     let mut relay = spawn_relay_binary(&config, &log);
-    let start = Instant::now();
-    while outbox.count("delivered").await < 500 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "relay delivered nothing"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    outbox.wait_delivered(500, Duration::from_secs(60)).await;
     signal(&relay, Signal::SIGTERM);
     let (status, took) = wait_exit(&mut relay, bound + Duration::from_secs(5))
         .await
@@ -111,7 +105,7 @@ async fn sigterm_during_a_run_exits_within_the_bound_and_leaves_no_acknowledged_
         (delivered.len() as i64) < ROWS,
         "the run finished before SIGTERM; nothing was tested"
     );
-    let in_kafka = consume_all(&outbox.topic);
+    let in_kafka = consume_all(&outbox.topic).await;
     let unmarked: Vec<_> = in_kafka
         .iter()
         .filter(|r| delivered.get(r.event_id()) != Some(&(r.partition, r.offset)))

@@ -1,0 +1,330 @@
+//! The claim at the store level, on real Postgres and without Kafka: `Outbox::claim` in several
+//! transactions held open at once, as concurrent relay batches (or relays) hold them. Claims
+//! are disjoint; one key's rows travel in one lane (a later row is never claimed while an
+//! earlier row of its key is claimed elsewhere, backs off, or is parked holding the key); rows
+//! not yet due are not claimed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_relay::outbox::{ClaimedRow, Delivered, Failed, Outbox, Parked};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Postgres, Transaction};
+
+use crate::harness::{database_url, TestOutbox};
+
+type Tx = Transaction<'static, Postgres>;
+
+/// The relay's store on `outbox`'s table, with a pool large enough for `connections`
+/// transactions open at once.
+async fn store(outbox: &TestOutbox, connections: u32) -> Outbox {
+    let pool = PgPoolOptions::new()
+        .max_connections(connections)
+        .connect(&database_url())
+        .await
+        .unwrap();
+    Outbox::with_pool(pool, outbox.table_name())
+}
+
+/// Opens `n` transactions and claims up to `limit` rows in each, all at the same moment (the
+/// claims run concurrently); the transactions stay open, their rows locked.
+async fn claim_at_once(store: &Outbox, n: usize, limit: u32) -> Vec<(Tx, Vec<ClaimedRow>)> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                let mut tx = store.begin().await.unwrap();
+                barrier.wait().await;
+                let rows = store.claim(&mut tx, limit).await.unwrap();
+                (tx, rows)
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn ids(rows: &[ClaimedRow]) -> Vec<i64> {
+    rows.iter().map(|r| r.id).collect()
+}
+
+/// Pending rows per (topic, key), in id order.
+async fn pending_by_key(outbox: &TestOutbox) -> HashMap<(String, String), Vec<i64>> {
+    let mut by_key: HashMap<(String, String), Vec<i64>> = HashMap::new();
+    for r in outbox.rows().await {
+        if let (Some(key), "pending") = (r.key, r.status.as_str()) {
+            by_key.entry((r.topic, key)).or_default().push(r.id);
+        }
+    }
+    by_key
+}
+
+fn delivered(rows: &[ClaimedRow]) -> Vec<Delivered> {
+    rows.iter()
+        .map(|r| Delivered {
+            id: r.id,
+            partition: 0,
+            offset: r.id,
+        })
+        .collect()
+}
+
+async fn insert_at(outbox: &TestOutbox, key: Option<&str>, set: &str) -> i64 {
+    let id = outbox
+        .insert(&outbox.topic, key, serde_json::json!({}))
+        .await;
+    if !set.is_empty() {
+        sqlx::query(&format!(
+            "UPDATE {} SET {set} WHERE id = $1",
+            outbox.table()
+        ))
+        .bind(id)
+        .execute(&outbox.pool)
+        .await
+        .unwrap();
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_row_of_a_key_is_not_claimed_while_an_earlier_one_is_claimed_by_another_open_transaction(
+) {
+    let outbox = TestOutbox::without_kafka().await;
+    let store = store(&outbox, 4).await;
+    let first = insert_at(&outbox, Some("k"), "").await;
+    let second = insert_at(&outbox, Some("k"), "").await;
+    let other = insert_at(&outbox, Some("j"), "").await;
+
+    let mut a = store.begin().await.unwrap();
+    assert_eq!(ids(&store.claim(&mut a, 1).await.unwrap()), [first]);
+    let mut b = store.begin().await.unwrap();
+    // Row `other` (a later id, another key) is claimed: this claim looked past row `second`.
+    assert_eq!(
+        ids(&store.claim(&mut b, 10).await.unwrap()),
+        [other],
+        "row {second} of key k was claimed while row {first} was claimed by another transaction"
+    );
+
+    // Once the first row is delivered (and B, which may hold the rows it left out locked, has
+    // ended), the key's next row is the head of its lane.
+    b.rollback().await.unwrap();
+    store
+        .mark_delivered(&mut a, &delivered_ids(&[first]))
+        .await
+        .unwrap();
+    a.commit().await.unwrap();
+    let mut c = store.begin().await.unwrap();
+    assert_eq!(
+        ids(&store.claim(&mut c, 10).await.unwrap()),
+        [second, other]
+    );
+}
+
+fn delivered_ids(ids: &[i64]) -> Vec<Delivered> {
+    ids.iter()
+        .map(|&id| Delivered {
+            id,
+            partition: 0,
+            offset: id,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_behind_a_backing_off_or_key_holding_row_and_rows_not_yet_due_are_not_claimed() {
+    let outbox = TestOutbox::without_kafka().await;
+    let store = store(&outbox, 2).await;
+    let later = "next_attempt_at = now() + interval '1 hour'";
+    let backing_off = insert_at(
+        &outbox,
+        Some("slow"),
+        &format!("attempts = 1, last_error = 'test: backing off', {later}"),
+    )
+    .await;
+    let behind_backing_off = insert_at(&outbox, Some("slow"), "").await;
+    let holding = insert_at(
+        &outbox,
+        Some("held"),
+        "status = 'parked', holds_key = true, attempts = 1, last_error = 'test: poison'",
+    )
+    .await;
+    let behind_holding = insert_at(&outbox, Some("held"), "").await;
+    let skipped = insert_at(
+        &outbox,
+        Some("skip"),
+        "status = 'parked', holds_key = false, attempts = 1, last_error = 'test: poison'",
+    )
+    .await;
+    let behind_skipped = insert_at(&outbox, Some("skip"), "").await;
+    let not_due_keyed = insert_at(&outbox, Some("early"), later).await;
+    let behind_not_due = insert_at(&outbox, Some("early"), "").await;
+    let not_due = insert_at(&outbox, None, later).await;
+    let sentinel = insert_at(&outbox, Some("sentinel"), "").await;
+
+    let mut tx = store.begin().await.unwrap();
+    let claimed = ids(&store.claim(&mut tx, 100).await.unwrap());
+    tx.rollback().await.unwrap();
+    println!(
+        "claimed {claimed:?}; backing off {backing_off} (then {behind_backing_off}), holding \
+         {holding} (then {behind_holding}), skipped {skipped}, not due {not_due_keyed} (then \
+         {behind_not_due}) and {not_due}"
+    );
+    // The sentinel (the latest id) is claimed: the claim passed every row above.
+    assert_eq!(claimed, [behind_skipped, sentinel]);
+
+    // Due now: the unkeyed row and the head of key `early` (then its next row) are claimed.
+    sqlx::query(&format!(
+        "UPDATE {} SET next_attempt_at = now() WHERE id = ANY($1)",
+        outbox.table()
+    ))
+    .bind([not_due_keyed, not_due])
+    .execute(&outbox.pool)
+    .await
+    .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let claimed = ids(&store.claim(&mut tx, 100).await.unwrap());
+    assert_eq!(
+        claimed,
+        [
+            behind_skipped,
+            not_due_keyed,
+            behind_not_due,
+            not_due,
+            sentinel
+        ]
+    );
+}
+
+/// Many rounds of eight concurrent claims over interleaved keyed and unkeyed rows, until the
+/// table is drained. In each round, with every transaction open: no row is claimed twice, one
+/// key's claimed rows are all in one transaction, and they are the key's earliest pending rows.
+/// Between rounds the driver acts as the relay would: it marks most rows delivered, reschedules
+/// a few (due at once, an attempt more) leaving the later rows of their key in that batch
+/// untouched, and parks a few without holding the key. Every row ends delivered or parked, and
+/// each key's rows were delivered in id order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_are_disjoint_and_keep_each_key_in_one_lane_until_the_table_is_drained() {
+    const ROWS: i64 = 3_000;
+    const TXS: usize = 8;
+    let outbox = TestOutbox::without_kafka().await;
+    let store = store(&outbox, TXS as u32 + 1).await;
+    sqlx::query(&format!(
+        "INSERT INTO {} (topic, key, payload) \
+         SELECT $1, CASE WHEN i % 4 = 0 THEN NULL ELSE 'k' || (i % 61) END, '{{}}' \
+         FROM generate_series(1, $2) AS i",
+        outbox.table()
+    ))
+    .bind(&outbox.topic)
+    .bind(ROWS)
+    .execute(&outbox.pool)
+    .await
+    .unwrap();
+
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut delivered_order: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let (mut rounds, mut parked, mut rescheduled) = (0, 0, 0);
+    while outbox.count("pending").await > 0 {
+        rounds += 1;
+        assert!(rounds < 1_000, "the table does not drain");
+        let heads = pending_by_key(&outbox).await;
+        let limit = rng.gen_range(5..=60);
+        let claims = claim_at_once(&store, TXS, limit).await;
+
+        let mut seen = HashSet::new();
+        let mut lane_of: HashMap<&str, usize> = HashMap::new();
+        let mut claimed_of_key: HashMap<&str, Vec<i64>> = HashMap::new();
+        for (t, (_, rows)) in claims.iter().enumerate() {
+            for r in rows {
+                assert!(
+                    seen.insert(r.id),
+                    "round {rounds}: row {} claimed twice",
+                    r.id
+                );
+                let Some(key) = r.key.as_deref() else {
+                    continue;
+                };
+                let lane = *lane_of.entry(key).or_insert(t);
+                assert_eq!(
+                    lane, t,
+                    "round {rounds}: key {key} claimed by transactions {lane} and {t}"
+                );
+                claimed_of_key.entry(key).or_default().push(r.id);
+            }
+        }
+        assert!(!seen.is_empty(), "round {rounds}: nothing claimed");
+        for (key, claimed) in &claimed_of_key {
+            let pending = &heads[&(outbox.topic.clone(), (*key).to_owned())];
+            assert_eq!(
+                claimed.as_slice(),
+                &pending[..claimed.len()],
+                "round {rounds}: key {key}: claimed {claimed:?}, not its earliest pending rows \
+                 {pending:?}"
+            );
+        }
+
+        for (mut tx, rows) in claims {
+            let (mut ok, mut failed, mut poison) = (Vec::new(), Vec::new(), Vec::new());
+            let mut failed_keys = HashSet::new();
+            for r in &rows {
+                if r.key.as_ref().is_some_and(|k| failed_keys.contains(k)) {
+                    continue; // behind a failure of its key in this batch: untouched
+                }
+                match rng.gen_range(0..100) {
+                    0..=5 => {
+                        failed_keys.extend(r.key.clone());
+                        failed.push(Failed {
+                            id: r.id,
+                            error: "test: retry".into(),
+                            delay: Duration::ZERO,
+                        });
+                    }
+                    6 => poison.push(Parked {
+                        id: r.id,
+                        error: "test: poison".into(),
+                        holds_key: false,
+                    }),
+                    _ => ok.push(r.clone()),
+                }
+            }
+            store
+                .mark_delivered(&mut tx, &delivered(&ok))
+                .await
+                .unwrap();
+            store.reschedule(&mut tx, &failed).await.unwrap();
+            store.park(&mut tx, &poison).await.unwrap();
+            tx.commit().await.unwrap();
+            for r in &ok {
+                if let Some(k) = &r.key {
+                    delivered_order.entry(k.clone()).or_default().push(r.id);
+                }
+            }
+            rescheduled += failed.len();
+            parked += poison.len();
+        }
+    }
+    println!(
+        "{ROWS} rows drained in {rounds} rounds of {TXS} concurrent claims; {rescheduled} \
+         reschedules, {parked} parked"
+    );
+    for (key, order) in &delivered_order {
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "key {key} delivered out of id order: {order:?}"
+        );
+    }
+    let (rows, delivered, parked_rows, _) = outbox.tally().await;
+    assert_eq!(rows, ROWS);
+    assert_eq!(delivered + parked_rows, ROWS);
+    assert_eq!(parked_rows, parked as i64);
+    assert!(
+        rescheduled > 0 && parked > 0,
+        "the run exercised no failure"
+    );
+}

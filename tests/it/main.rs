@@ -10,6 +10,7 @@ mod delivery;
 mod failure_support;
 mod failures;
 mod helpers;
+mod limits;
 mod mock_cluster;
 mod operators;
 mod outages;

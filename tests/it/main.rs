@@ -15,6 +15,7 @@ mod mock_cluster;
 mod operators;
 mod outages;
 mod registry_support;
+mod secrets;
 mod serialization;
 mod serialization_failures;
 mod serialization_keys;

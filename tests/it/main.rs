@@ -13,6 +13,7 @@ mod helpers;
 mod limits;
 mod mock_cluster;
 mod operators;
+mod order_verdict;
 mod outages;
 mod registry_support;
 mod secrets;

@@ -214,3 +214,65 @@ async fn relay_against_a_table_behind_its_migrations_exits_non_zero_naming_the_v
     );
     assert!(log.contains("outbox-relay migrate"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_not_answering_at_startup_is_waited_for_with_a_log_line_and_sigterm_exits_0() {
+    let outbox = TestOutbox::new(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = outbox.config_file(&dir, &kafka_bootstrap(), "");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &database_url(),
+        &format!("postgres://outbox:outbox@127.0.0.1:{port}/outbox"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("relay.log");
+    let mut relay = spawn_relay_binary(&config, &log);
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Postgres not reachable at startup") {
+            break;
+        }
+        assert!(
+            relay.try_wait().unwrap().is_none(),
+            "the relay exited:\n{text}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no log line:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crate::helpers::signal(&relay, nix::sys::signal::Signal::SIGTERM);
+    let (status, _) = wait_exit(&mut relay, Duration::from_secs(30))
+        .await
+        .expect("the relay exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_table_dropped_under_a_running_relay_ends_run_with_an_error_naming_it() {
+    let outbox = TestOutbox::new(1).await;
+    outbox.insert_rows(5, 2).await;
+    let relay = outbox_relay::relay::Relay::new(&outbox.config()).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(async move { relay.run(stop).await });
+    outbox.wait_delivered(5, Duration::from_secs(60)).await;
+    sqlx::query(&format!("DROP TABLE {}", outbox.table()))
+        .execute(&outbox.pool)
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("run ends by itself, not retrying a missing table forever")
+        .unwrap();
+    let err = ended.expect_err("a missing table is not Ok").to_string();
+    assert!(
+        err.contains("outbox") && err.contains("does not exist"),
+        "{err}"
+    );
+}

@@ -4,7 +4,9 @@
 //! (all partitions assigned, a fresh group id, nothing committed), looking only at the
 //! `event_id` header, so it works whatever the payload format. It then reports duplicates,
 //! delivered rows that never arrived (lost), keys whose records break outbox id order
-//! (reordered), and records the outbox does not know (unknown).
+//! (reordered), delivered rows whose stored (partition, offset) holds another record
+//! (mismatched), records the outbox does not know (unknown), and rows never sent (pending,
+//! parked). Every one of them but duplicates fails the check unless [`Allow`] says otherwise.
 //!
 //! The outbox rows are read *before* the watermarks: a row is marked delivered only after
 //! Kafka acknowledged it with `acks=all`, which means its record is below the high watermark,
@@ -52,15 +54,52 @@ pub struct OrderReport {
     pub reordered_examples: Vec<String>,
     /// Records whose `event_id` is not in the outbox (or that carry none).
     pub unknown: u64,
-    /// Rows of the topic still pending or parked, for context.
+    /// Rows of the topic never sent: still pending, or parked.
     pub pending: u64,
     pub parked: u64,
+    /// Delivered rows found in the topic, but not at the (partition, offset) the outbox stored
+    /// for them (another record is there, none is, or none was stored).
+    pub mismatched: u64,
+    /// The first mismatched row ids, ascending.
+    pub mismatched_ids: Vec<i64>,
+    /// What the verdict tolerates (default: nothing but duplicates).
+    pub allow: Allow,
+}
+
+/// What a verdict may tolerate. Duplicates are always tolerated (consumers dedupe on
+/// `event_id`); lost, reordered and mismatched never are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Allow {
+    /// Rows still pending (not sent yet, or stuck).
+    pub pending: bool,
+    /// Parked rows.
+    pub parked: bool,
+    /// Records whose `event_id` is not an outbox row of the topic.
+    pub unknown: bool,
 }
 
 impl OrderReport {
-    /// Nothing lost and nothing out of order (duplicates are allowed: consumers dedupe).
+    /// Nothing lost, out of order or at the wrong coordinates, and (unless [`OrderReport::allow`]
+    /// says otherwise) nothing pending, parked or unknown.
     pub fn is_ok(&self) -> bool {
-        self.lost == 0 && self.reordered == 0
+        self.problems().is_empty()
+    }
+
+    /// What fails the verdict, e.g. `["lost 1", "pending 3"]`.
+    pub fn problems(&self) -> Vec<String> {
+        let a = self.allow;
+        [
+            ("lost", self.lost, false),
+            ("reordered", self.reordered, false),
+            ("mismatched", self.mismatched, false),
+            ("unknown", self.unknown, a.unknown),
+            ("pending", self.pending, a.pending),
+            ("parked", self.parked, a.parked),
+        ]
+        .into_iter()
+        .filter(|&(_, n, allowed)| n > 0 && !allowed)
+        .map(|(what, n, _)| format!("{what} {n}"))
+        .collect()
     }
 }
 
@@ -94,25 +133,41 @@ impl fmt::Display for OrderReport {
         for example in &self.reordered_examples {
             writeln!(f, "            {example}")?;
         }
-        writeln!(
-            f,
-            "unknown:    {} (records whose event_id is not in the outbox)",
-            self.unknown
-        )?;
-        writeln!(
-            f,
-            "not sent:   pending {}, parked {}",
-            self.pending, self.parked
-        )?;
         write!(
             f,
-            "verdict:    {}",
-            if self.is_ok() {
-                "OK"
+            "mismatched: {} (delivered rows whose stored partition/offset holds another record)",
+            self.mismatched
+        )?;
+        if !self.mismatched_ids.is_empty() {
+            let ids: Vec<String> = self.mismatched_ids.iter().map(i64::to_string).collect();
+            let more = if self.mismatched > ids.len() as u64 {
+                ", …"
             } else {
-                "FAILED (lost or reordered records)"
-            }
-        )
+                ""
+            };
+            write!(f, ": ids {}{more}", ids.join(", "))?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "unknown:    {} (records whose event_id is not in the outbox){}",
+            self.unknown,
+            if self.allow.unknown { ", allowed" } else { "" }
+        )?;
+        writeln!(
+            f,
+            "not sent:   pending {}{}, parked {}{}",
+            self.pending,
+            if self.allow.pending { " (allowed)" } else { "" },
+            self.parked,
+            if self.allow.parked { " (allowed)" } else { "" },
+        )?;
+        let problems = self.problems();
+        if problems.is_empty() {
+            write!(f, "verdict:    OK")
+        } else {
+            write!(f, "verdict:    FAILED ({})", problems.join(", "))
+        }
     }
 }
 
@@ -140,6 +195,9 @@ pub struct OutboxRow {
     pub event_id: Uuid,
     pub key: Option<String>,
     pub status: String,
+    /// Where the relay recorded the row's record (delivered rows).
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
 }
 
 /// One record's identity and place in the log.
@@ -178,22 +236,27 @@ pub async fn check(
     bootstrap: &str,
     topic: &str,
 ) -> Result<OrderReport, OrderCheckError> {
-    let mut rows: Vec<OutboxRow> =
-        sqlx::query_as::<_, (i64, Uuid, Option<String>, String)>(&format!(
-            "SELECT id, event_id, key, status FROM {} WHERE topic = $1",
-            table.qualified()
-        ))
-        .bind(topic)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|(id, event_id, key, status)| OutboxRow {
-            id,
-            event_id,
-            key,
-            status,
-        })
-        .collect();
+    let mut rows: Vec<OutboxRow> = sqlx::query_as::<
+        _,
+        (i64, Uuid, Option<String>, String, Option<i32>, Option<i64>),
+    >(&format!(
+        "SELECT id, event_id, key, status, kafka_partition, kafka_offset FROM {} \
+                 WHERE topic = $1",
+        table.qualified()
+    ))
+    .bind(topic)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(id, event_id, key, status, partition, offset)| OutboxRow {
+        id,
+        event_id,
+        key,
+        status,
+        partition,
+        offset,
+    })
+    .collect();
 
     let (bootstrap, name) = (bootstrap.to_owned(), topic.to_owned());
     let records = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &name))
@@ -227,6 +290,8 @@ pub async fn check(
             event_id,
             key,
             status: "late".into(),
+            partition: None,
+            offset: None,
         }));
     }
     Ok(analyze(&rows, records))
@@ -374,10 +439,24 @@ pub fn analyze(rows: &[OutboxRow], mut records: Vec<LogRecord>) -> OrderReport {
     report.duplicates = report.records - report.distinct_event_ids;
     report.reordered = broken_keys.len() as u64;
 
+    let at: HashMap<(i32, i64), &EventRef> = records
+        .iter()
+        .map(|r| ((r.partition, r.offset), &r.event_id))
+        .collect();
     let mut lost: Vec<i64> = Vec::new();
+    let mut mismatched: Vec<i64> = Vec::new();
     for row in rows {
         match row.status.as_str() {
             "delivered" if !seen_uuids.contains(&row.event_id) => lost.push(row.id),
+            "delivered" => {
+                let holds_it = match (row.partition, row.offset) {
+                    (Some(p), Some(o)) => at.get(&(p, o)) == Some(&&EventRef::Uuid(row.event_id)),
+                    _ => false,
+                };
+                if !holds_it {
+                    mismatched.push(row.id);
+                }
+            }
             "pending" => report.pending += 1,
             "parked" => report.parked += 1,
             _ => {}
@@ -387,6 +466,10 @@ pub fn analyze(rows: &[OutboxRow], mut records: Vec<LogRecord>) -> OrderReport {
     report.lost = lost.len() as u64;
     lost.truncate(LOST_IDS_SHOWN);
     report.lost_ids = lost;
+    mismatched.sort_unstable();
+    report.mismatched = mismatched.len() as u64;
+    mismatched.truncate(LOST_IDS_SHOWN);
+    report.mismatched_ids = mismatched;
     report
 }
 
@@ -394,13 +477,29 @@ pub fn analyze(rows: &[OutboxRow], mut records: Vec<LogRecord>) -> OrderReport {
 mod tests {
     use super::*;
 
+    /// A row; delivered rows get their coordinates from `at` (id → (partition, offset)).
     fn row(id: i64, key: Option<&str>, status: &str) -> OutboxRow {
         OutboxRow {
             id,
             event_id: Uuid::from_u128(id as u128),
             key: key.map(str::to_owned),
             status: status.into(),
+            partition: None,
+            offset: None,
         }
+    }
+
+    /// `rows` with the coordinates of their first record in `records`, as the relay marks them.
+    fn marked(mut rows: Vec<OutboxRow>, records: &[LogRecord]) -> Vec<OutboxRow> {
+        for r in &mut rows {
+            if let Some(rec) = records
+                .iter()
+                .find(|rec| rec.event_id == EventRef::Uuid(r.event_id))
+            {
+                (r.partition, r.offset) = (Some(rec.partition), Some(rec.offset));
+            }
+        }
+        rows
     }
 
     fn rec(partition: i32, offset: i64, id: i64) -> LogRecord {
@@ -417,7 +516,8 @@ mod tests {
             row(1, Some("a"), "delivered"),
             row(2, Some("a"), "delivered"),
         ];
-        let report = analyze(&rows, vec![rec(0, 0, 1), rec(0, 1, 2)]);
+        let records = vec![rec(0, 0, 1), rec(0, 1, 2)];
+        let report = analyze(&marked(rows.to_vec(), &records), records);
         assert!(report.is_ok(), "{report}");
         assert_eq!((report.records, report.duplicates), (2, 0));
     }
@@ -429,7 +529,7 @@ mod tests {
             row(2, Some("a"), "delivered"),
         ];
         let records = vec![rec(0, 0, 1), rec(0, 1, 2), rec(0, 2, 1), rec(0, 3, 2)];
-        let report = analyze(&rows, records);
+        let report = analyze(&marked(rows.to_vec(), &records), records);
         assert_eq!(report.duplicates, 2);
         assert_eq!(report.reordered, 0);
         assert!(report.is_ok());
@@ -445,7 +545,7 @@ mod tests {
             rec(0, 3, 4),
             rec(0, 4, 5),
         ];
-        let report = analyze(&rows, records);
+        let report = analyze(&marked(rows.to_vec(), &records), records);
         assert_eq!(report.reordered, 1);
         assert!(report.reordered_examples[0].contains("id 1 at offset 1 after id 3"));
         assert!(!report.is_ok());
@@ -461,7 +561,7 @@ mod tests {
         ];
         // Partitions interleave in the input, as a consumer returns them.
         let records = vec![rec(0, 0, 2), rec(1, 0, 4), rec(0, 1, 1), rec(2, 0, 3)];
-        assert!(analyze(&rows, records).is_ok());
+        assert!(analyze(&marked(rows.to_vec(), &records), records).is_ok());
     }
 
     #[test]
@@ -478,11 +578,58 @@ mod tests {
             offset: 2,
             event_id: EventRef::Missing,
         });
-        let report = analyze(&rows, records);
+        let report = analyze(&marked(rows.to_vec(), &records), records);
         assert_eq!(report.lost, 1);
         assert_eq!(report.lost_ids, vec![2]);
         assert_eq!(report.unknown, 2);
         assert_eq!((report.pending, report.parked), (1, 1));
         assert_eq!(report.duplicates, 0);
+    }
+
+    #[test]
+    fn a_row_whose_stored_offset_holds_another_record_is_mismatched() {
+        let records = vec![rec(0, 0, 1), rec(0, 1, 2)];
+        let mut rows = marked(
+            vec![
+                row(1, Some("a"), "delivered"),
+                row(2, Some("a"), "delivered"),
+            ],
+            &records,
+        );
+        rows[0].offset = Some(1);
+        let report = analyze(&rows, records);
+        assert_eq!(
+            (report.mismatched, report.mismatched_ids.clone()),
+            (1, vec![1])
+        );
+        assert_eq!(report.lost, 0);
+        assert!(!report.is_ok(), "{report}");
+        assert!(
+            report.to_string().contains("FAILED (mismatched 1)"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn rows_never_sent_and_unknown_records_fail_unless_allowed() {
+        let records = vec![rec(0, 0, 1), rec(0, 1, 99)];
+        let rows = marked(
+            vec![
+                row(1, Some("a"), "delivered"),
+                row(2, Some("a"), "pending"),
+                row(3, None, "parked"),
+            ],
+            &records,
+        );
+        let mut report = analyze(&rows, records);
+        assert_eq!(report.problems(), ["unknown 1", "pending 1", "parked 1"]);
+        report.allow = Allow {
+            pending: true,
+            parked: true,
+            unknown: false,
+        };
+        assert_eq!(report.problems(), ["unknown 1"]);
+        report.allow.unknown = true;
+        assert!(report.is_ok(), "{report}");
     }
 }

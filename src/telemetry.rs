@@ -1,4 +1,7 @@
-//! Logging with `tracing`: human-readable by default, one JSON object per line on request.
+//! Logging with `tracing` on stderr: human-readable by default (coloured only when stderr is a
+//! terminal), one JSON object per line on request.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -16,8 +19,10 @@ pub fn init(format: LogFormat, level: &str) {
                     .expect("static directive"),
             )
     });
+    // Colour codes only for a person at a terminal: in a file or a pipe they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -5,9 +5,11 @@
 //! output, logs or `config check`. The doc comment on each field is the config reference.
 
 mod registry;
+mod secret;
 mod topics;
 
-pub use registry::{RegistryConfig, Secret};
+pub use registry::RegistryConfig;
+pub use secret::{is_secret_property, redact_url, Secret};
 pub use topics::{
     check_topic_name, Format, KeyFormat, OnParked, RetryConfig, Selection, SubjectStrategy,
     TopicConfig, TopicPolicies, TopicPolicy,
@@ -73,7 +75,7 @@ impl Default for DatabaseConfig {
 }
 
 /// `[kafka]`: the producer.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list. Required.
@@ -86,6 +88,24 @@ pub struct KafkaConfig {
     /// `"security.protocol" = "SASL_SSL"`). `acks` and `enable.idempotence` are always `all`
     /// and `true`; a property contradicting them is refused.
     pub properties: BTreeMap<String, PropertyValue>,
+}
+
+/// By hand: a pass-through property whose name looks secret prints as `***`, and URL
+/// credentials in any value are redacted.
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: BTreeMap<&str, String> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), secret::shown_property(k, &v.as_config_string())))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("client_id", &self.client_id)
+            .field("metadata_timeout_ms", &self.metadata_timeout_ms)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 impl Default for KafkaConfig {
@@ -202,29 +222,15 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-impl Serialize for DatabaseUrl {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.redacted())
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
     }
 }
 
-fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => url.to_owned(),
+impl Serialize for DatabaseUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
     }
 }
 
@@ -249,9 +255,11 @@ impl PropertyValue {
     }
 }
 
+/// Without its property name a value cannot tell whether it is secret: `KafkaConfig`'s `Debug`
+/// redacts by name; on its own, a value only hides URL credentials.
 impl fmt::Debug for PropertyValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.as_config_string())
+        write!(f, "{:?}", redact_url(&self.as_config_string()))
     }
 }
 
@@ -259,16 +267,6 @@ impl Serialize for PropertyValue {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.as_config_string())
     }
-}
-
-/// librdkafka properties whose values are secrets.
-pub fn is_secret_property(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    k.contains("password")
-        || k.contains("secret")
-        || k.ends_with(".pem")
-        || k == "sasl.oauthbearer.config"
-        || k == "sasl.jaas.config"
 }
 
 /// A list of every problem found while loading configuration.
@@ -459,8 +457,13 @@ impl Config {
             .and_then(|p| p.as_table_mut())
         {
             for (k, v) in props.iter_mut() {
-                if is_secret_property(k) {
-                    *v = toml::Value::String("***".into());
+                let text = match &*v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let shown = secret::shown_property(k, &text);
+                if shown != text {
+                    *v = toml::Value::String(shown);
                 }
             }
         }
@@ -497,11 +500,7 @@ fn producer_guard_problems(props: &BTreeMap<String, PropertyValue>) -> Vec<Strin
         if let Some(why) = refused {
             p.push(format!(
                 "kafka.properties.\"{key}\" = {:?} is refused: {why}",
-                if is_secret_property(key) {
-                    "***".to_owned()
-                } else {
-                    value.as_config_string()
-                }
+                secret::shown_property(key, &value.as_config_string())
             ));
         }
     }

@@ -1,16 +1,20 @@
 //! `[registry]`: the Confluent-compatible Schema Registry the relay serializes through.
 
-use std::fmt;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize, Serializer};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::{redact_url, Secret};
 
 /// `[registry]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RegistryConfig {
     /// Base URL, e.g. `http://127.0.0.1:8081`. Empty: no registry (only `raw-json` topics).
     /// Credentials go in `username`/`password`, never in the URL.
+    #[serde(serialize_with = "redacted_url")]
     pub url: String,
     /// Basic-auth user (e.g. an API key).
     pub username: String,
@@ -43,6 +47,27 @@ impl Default for RegistryConfig {
             auto_register: false,
             schemas_dir: PathBuf::from("schemas"),
         }
+    }
+}
+
+fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+/// By hand, so that credentials someone put in the URL (refused by validation, but a config can
+/// be printed before it is validated) never show.
+impl fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("url", &redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("ca_location", &self.ca_location)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("latest_ttl_ms", &self.latest_ttl_ms)
+            .field("auto_register", &self.auto_register)
+            .field("schemas_dir", &self.schemas_dir)
+            .finish()
     }
 }
 
@@ -109,33 +134,6 @@ fn redact_userinfo(url: &str) -> String {
     match rest[..authority_end].rfind('@') {
         Some(at) => format!("{}***{}", &url[..scheme_end + 3], &rest[at..]),
         None => url.to_owned(),
-    }
-}
-
-/// A secret string: `***` in `Debug`, `Display` and serialized output.
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    /// The secret itself; only to hand it to the client that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(if self.0.is_empty() { "" } else { "***" })
     }
 }
 

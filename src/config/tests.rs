@@ -101,6 +101,57 @@ fn url_redaction_keeps_user_and_host() {
     assert_eq!(redact_url("postgres://h/d?x=@"), "postgres://h/d?x=@");
 }
 
+/// Every kind of secret the configuration can hold, each a distinct word to look for.
+pub(crate) const SECRETS_TOML: &str = r#"
+    [database]
+    url = "postgres://outbox:dbpass1@127.0.0.1:5432/outbox?sslpassword=dbpass2"
+    [kafka]
+    bootstrap_servers = "127.0.0.1:9092"
+    [kafka.properties]
+    "sasl.password" = "kafkapass1"
+    "sasl.jaas.config" = "org.apache.kafka.common.security.plain.PlainLoginModule required password=\"kafkapass2\";"
+    "ssl.key.password" = "kafkapass3"
+    "ssl.key.pem" = "-----BEGIN PRIVATE KEY-----kafkapass4"
+    "sasl.oauthbearer.client.secret" = "kafkapass5"
+    "sasl.oauthbearer.token.endpoint.url" = "https://client:kafkapass6@idp.example/token"
+    "sasl.username" = "visible-user"
+    [registry]
+    url = "https://registry.example:8081"
+    username = "key"
+    password = "regpass1"
+"#;
+
+#[test]
+fn no_secret_appears_when_the_whole_config_is_formatted() {
+    let mut c = from_toml(SECRETS_TOML).unwrap();
+    // Credentials in the registry URL are refused by validation, but a config can be printed
+    // before it is validated.
+    c.registry.url = "https://key:regpass2@registry.example:8081".into();
+    let outputs = [
+        format!("{c:?}"),
+        format!("{c:#?}"),
+        c.to_redacted_toml(),
+        format!("{} {}", c.database.url, c.registry.password),
+    ];
+    for out in &outputs {
+        for n in 1..=6 {
+            for secret in [
+                format!("dbpass{n}"),
+                format!("kafkapass{n}"),
+                format!("regpass{n}"),
+            ] {
+                assert!(!out.contains(&secret), "{secret} shows in:\n{out}");
+            }
+        }
+        assert!(out.contains("outbox:***@127.0.0.1"), "{out}");
+    }
+    assert!(
+        outputs[0].contains("visible-user"),
+        "only secrets are hidden"
+    );
+    assert!(outputs[0].contains("https://client:***@idp.example/token"));
+}
+
 #[test]
 fn topic_tables_resolve_over_the_defaults_and_unknown_topic_keys_are_refused() {
     let c = from_toml(&format!(

@@ -29,10 +29,23 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "failure bookkeeping",
         include_str!("../../migrations/0003_failure_bookkeeping.sql"),
     ),
+    (
+        4,
+        "row limits",
+        include_str!("../../migrations/0004_row_limits.sql"),
+    ),
 ];
+
+/// The migration version this relay needs: `run` refuses a table that is behind it.
+pub const LATEST_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// Creates the schema if needed and applies pending migrations; returns how many ran.
 pub async fn migrate(url: &str, table: &TableName) -> Result<usize, sqlx::Error> {
+    migrate_to(url, table, LATEST_VERSION).await
+}
+
+/// Like [`migrate`], but stops after migration `last` (for tests of older tables and upgrades).
+pub async fn migrate_to(url: &str, table: &TableName, last: i64) -> Result<usize, sqlx::Error> {
     let mut conn = PgConnection::connect(url).await?;
     let schema = format!("\"{}\"", table.schema());
     conn.execute(format!("CREATE SCHEMA IF NOT EXISTS {schema}").as_str())
@@ -42,6 +55,7 @@ pub async fn migrate(url: &str, table: &TableName) -> Result<usize, sqlx::Error>
 
     let migrations: Vec<Migration> = MIGRATIONS
         .iter()
+        .filter(|(version, _, _)| *version <= last)
         .map(|(version, description, sql)| {
             let sql = sql
                 .replace("${qualified}", &table.qualified())

@@ -7,11 +7,13 @@ mod migrate;
 mod ops;
 mod store;
 
-pub use migrate::migrate;
+pub use migrate::{migrate, migrate_to, LATEST_VERSION};
 pub use ops::{
     HeldKey, KeyChange, OpsError, ParkedOps, ParkedRow, ReasonCount, Selector, SelectorError,
 };
-pub use store::{ClaimedRow, Delivered, Failed, Outbox, Parked, StoreError};
+pub use store::{
+    capped, ClaimedRow, Delivered, Failed, Outbox, Parked, StoreError, REASON_MAX_BYTES,
+};
 
 use crate::config::check_identifier;
 

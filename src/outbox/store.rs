@@ -15,8 +15,9 @@ use uuid::Uuid;
 use super::TableName;
 use crate::config::DatabaseConfig;
 
-/// Errors of the store layer. Every one of them is an outage from the row's point of view:
-/// the relay backs off and tries again, without touching any row.
+/// Errors of the store layer. None of them is the row's fault: [`StoreError::is_unavailable`]
+/// sorts them into "Postgres is away, back off and try again" and "the database is not what the
+/// relay needs (no table, old migration, no permission): an operator must act".
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("invalid outbox table name: {0}")]
@@ -25,6 +26,67 @@ pub enum StoreError {
     InvalidUrl(#[source] sqlx::Error),
     #[error("postgres: {0}")]
     Postgres(#[from] sqlx::Error),
+    /// The table is missing or behind this relay's migrations.
+    #[error("{0}")]
+    NotMigrated(String),
+}
+
+impl StoreError {
+    /// True when waiting may heal it: connection refused or lost, timeouts, the server shutting
+    /// down or starting up, too many connections, a serialization failure or deadlock. False
+    /// for what only an operator can fix: an undefined table, column or schema, permission
+    /// denied, failed authentication, an unknown database, a table behind its migrations.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::InvalidName(_) | Self::InvalidUrl(_) | Self::NotMigrated(_) => false,
+            Self::Postgres(e) => is_unavailable(e),
+        }
+    }
+}
+
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // 08 connection exception, 53 insufficient resources (too many connections, out of
+            // disk), 57P01-03 admin/crash shutdown and "cannot connect now", 40001/40P01
+            // serialization failure and deadlock, 55P03 lock not available, 57014 canceled.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || matches!(code.as_ref(), "40001" | "40P01" | "55P03" | "57014")
+        }
+        sqlx::Error::Configuration(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::Migrate(_) => false,
+        // Io, Tls, PoolTimedOut, PoolClosed, Protocol, WorkerCrashed, RowNotFound…
+        _ => true,
+    }
+}
+
+/// The longest reason written to `last_error` (and quoted in a log line), in bytes.
+pub const REASON_MAX_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes (on a character boundary), with `… (N bytes more)` appended
+/// when it was cut: a reason quoting a huge value must not be copied whole into `last_error`
+/// and into every log line of every attempt.
+pub fn capped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}… ({} bytes more)",
+        &text[..end],
+        text.len() - end
+    ))
 }
 
 /// A row claimed for delivery. Locked until its batch's transaction ends.
@@ -185,6 +247,71 @@ impl Outbox {
         &self.claim_sql
     }
 
+    /// Checks that the outbox table exists and is at this relay's migration version, so that a
+    /// missing or old table is an operator's error at startup, not an outage retried forever.
+    pub async fn check_ready(&self) -> Result<(), StoreError> {
+        let t = &self.table;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(t.qualified())
+            .fetch_one(&self.pool)
+            .await?;
+        let ledger = format!("\"{}\"._sqlx_migrations", t.schema());
+        let has_ledger: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&ledger)
+            .fetch_one(&self.pool)
+            .await?;
+        if !exists {
+            return Err(StoreError::NotMigrated(format!(
+                "the outbox table {} does not exist: run `outbox-relay migrate` with the same \
+                 configuration (database.schema, database.table)",
+                t.qualified()
+            )));
+        }
+        let version: i64 = if has_ledger {
+            sqlx::query_scalar(&format!(
+                "SELECT coalesce(max(version), 0) FROM {ledger} WHERE success"
+            ))
+            .fetch_one(&self.pool)
+            .await?
+        } else {
+            0
+        };
+        if version < super::LATEST_VERSION {
+            return Err(StoreError::NotMigrated(format!(
+                "the outbox table {} is at migration {version}, this relay needs {}: run \
+                 `outbox-relay migrate` with the same configuration",
+                t.qualified(),
+                super::LATEST_VERSION
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`Outbox::check_ready`], waiting out an unavailable Postgres with backoff (200 ms → 10 s)
+    /// and one log line per try. `Ok(false)` if `shutdown` came first; an error that waiting
+    /// cannot heal (no table, old migration, permission denied…) is returned at once.
+    pub async fn wait_ready(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<bool, StoreError> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.check_ready().await {
+                Ok(()) => return Ok(true),
+                Err(e) if e.is_unavailable() => {
+                    tracing::warn!(table = %self.table.qualified(), error = %e, retry_in = ?delay,
+                        "Postgres not reachable at startup; waiting for it before claiming");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => return Ok(false),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Opens a batch transaction.
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
@@ -233,7 +360,10 @@ impl Outbox {
             return Ok(0);
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
+        let errors: Vec<_> = rows
+            .iter()
+            .map(|r| capped(&r.error, REASON_MAX_BYTES).into_owned())
+            .collect();
         let delays: Vec<f64> = rows.iter().map(|r| r.delay.as_secs_f64()).collect();
         let done = sqlx::query(&self.reschedule_sql)
             .bind(&ids)
@@ -254,7 +384,10 @@ impl Outbox {
             return Ok(0);
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
+        let errors: Vec<_> = rows
+            .iter()
+            .map(|r| capped(&r.error, REASON_MAX_BYTES).into_owned())
+            .collect();
         let holds: Vec<bool> = rows.iter().map(|r| r.holds_key).collect();
         let done = sqlx::query(&self.park_sql)
             .bind(&ids)
@@ -263,5 +396,27 @@ impl Outbox {
             .execute(&mut **tx)
             .await?;
         Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_reason_is_capped_on_a_character_boundary_and_says_how_much_was_cut() {
+        assert_eq!(capped("short", 10), "short");
+        let long = "é".repeat(1000); // 2000 bytes
+        let c = capped(&long, 1023);
+        assert!(c.starts_with(&"é".repeat(511)), "{c}");
+        assert!(c.ends_with("… (978 bytes more)"), "{c}");
+    }
+
+    #[test]
+    fn missing_tables_and_old_migrations_are_not_outages_but_lost_connections_are() {
+        assert!(!StoreError::NotMigrated("x".into()).is_unavailable());
+        assert!(StoreError::Postgres(sqlx::Error::PoolTimedOut).is_unavailable());
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert!(StoreError::Postgres(sqlx::Error::Io(io)).is_unavailable());
     }
 }

@@ -16,7 +16,7 @@ use tracing::{debug, error, warn};
 
 use super::Shared;
 use crate::config::OnParked;
-use crate::outbox::{ClaimedRow, Delivered, Failed, Parked, StoreError};
+use crate::outbox::{capped, ClaimedRow, Delivered, Failed, Parked, StoreError, REASON_MAX_BYTES};
 use crate::produce::{delivery_report, Disposition, ProduceError};
 use crate::retry::{jitter_unit, RetryDecision};
 use crate::serialize::SerializeError;
@@ -48,7 +48,7 @@ impl Failure {
     fn new(index: usize, e: &ProduceError) -> Self {
         Self {
             index,
-            reason: e.to_string(),
+            reason: capped(&e.to_string(), REASON_MAX_BYTES).into_owned(),
             disposition: e.disposition(),
             batch_too_large: false,
         }

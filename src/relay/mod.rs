@@ -9,6 +9,7 @@
 //! answer, workers claim nothing, back off (200 ms → 10 s, jitter), and resume by themselves.
 
 mod batch;
+mod supervise;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, RegistryConfig, RelayConfig, TopicPolicies};
 use crate::outbox::{Outbox, StoreError};
@@ -40,6 +41,8 @@ pub enum RelayError {
          and will be produced again (duplicates carry the same event_id)"
     )]
     ShutdownTimedOut(Duration, usize),
+    #[error("a relay worker panicked: {0}; its batch was rolled back (its rows go again)")]
+    WorkerPanicked(String),
 }
 
 /// Counts since start, for logs and (later) metrics.
@@ -105,35 +108,20 @@ impl Relay {
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), RelayError> {
         let table = self.shared.outbox.table().qualified();
         info!(%table, bootstrap = %self.shared.bootstrap, "relay starting");
+        if !self.shared.outbox.wait_ready(&shutdown).await? {
+            return Ok(());
+        }
         if !self.shared.auto_register(&shutdown).await? {
             return Ok(());
         }
+        let stop = shutdown.child_token();
         let mut workers = JoinSet::new();
         for worker in 0..self.shared.config.concurrency {
             let shared = Arc::clone(&self.shared);
-            let shutdown = shutdown.clone();
-            workers.spawn(async move { shared.work(worker, shutdown).await });
+            let stop = stop.clone();
+            workers.spawn(async move { shared.work(worker, stop).await });
         }
-        let bound = self.shared.config.shutdown_timeout();
-        let deadline = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(bound).await;
-        };
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                joined = workers.join_next() => match joined {
-                    None => break,
-                    Some(Ok(())) => {}
-                    Some(Err(e)) => error!(error = %e, "relay worker failed"),
-                },
-                () = &mut deadline => {
-                    let in_flight = workers.len();
-                    workers.abort_all();
-                    return Err(RelayError::ShutdownTimedOut(bound, in_flight));
-                }
-            }
-        }
+        supervise::supervise(workers, stop, self.shared.config.shutdown_timeout()).await?;
         let c = &self.shared.counters;
         info!(
             delivered = c.delivered.load(Ordering::Relaxed),
@@ -173,7 +161,7 @@ enum Dependency {
 }
 
 impl Shared {
-    async fn work(&self, worker: u32, shutdown: CancellationToken) {
+    async fn work(&self, worker: u32, shutdown: CancellationToken) -> Result<(), StoreError> {
         let mut db_delays = outage_backoff();
         while !shutdown.is_cancelled() {
             if !self.wait_for(Dependency::Kafka, &shutdown).await
@@ -197,6 +185,7 @@ impl Shared {
                         sleep_unless_cancelled(self.config.poll_interval(), &shutdown).await;
                     }
                 }
+                Err(e) if !e.is_unavailable() => return Err(e),
                 Err(e) => {
                     let delay = db_delays.next().unwrap_or(Duration::from_secs(10));
                     warn!(worker, error = %e, retry_in = ?delay,
@@ -206,6 +195,7 @@ impl Shared {
             }
         }
         debug!(worker, "worker stopped");
+        Ok(())
     }
 
     fn down_flag(&self, dependency: Dependency) -> &AtomicBool {

@@ -13,6 +13,7 @@ mod helpers;
 mod mock_cluster;
 mod operators;
 mod outages;
+mod references;
 mod registry_compat;
 mod registry_support;
 mod serialization;

@@ -1,0 +1,102 @@
+//! Schemas with Confluent schema references: the relay fetches what they reference (by
+//! subject and version) and encodes with it; confluent-kafka's deserializers, which resolve the
+//! references on their own, decode the records.
+
+use std::time::Duration;
+
+use outbox_relay::config::Format;
+use outbox_relay_testkit::SchemaRegistryDouble;
+use serde_json::{json, Value};
+
+use crate::helpers::TestOutbox;
+use crate::registry_support::{
+    decode_with_confluent, insert, registry_config, topic, wait_counts, Row, RunningRelay,
+};
+
+/// Registers `money` under subject `money` and `priced` (referring to it as `name`) as the
+/// topic's value schema, relays one row per payload, and returns the decoded records.
+async fn relay_with_reference(
+    format: Format,
+    schema_type: &str,
+    decode_format: &str,
+    (name, money): (&str, &str),
+    priced: &str,
+    payloads: &[Value],
+) -> (Vec<Value>, u32) {
+    let outbox = TestOutbox::new(1).await;
+    let double = SchemaRegistryDouble::start().await;
+    let money_subject = format!("{}-money", outbox.topic);
+    double.register(&money_subject, schema_type, money);
+    let id = double.register_with_references(
+        &format!("{}-value", outbox.topic),
+        schema_type,
+        priced,
+        &[(name, &money_subject, 1)],
+    );
+    let mut config = registry_config(&outbox, &double);
+    config.topics.insert(outbox.topic.clone(), topic(format));
+    let rows: Vec<Row> = payloads
+        .iter()
+        .map(|p| Row::new(&outbox.topic, Some("k"), p.clone()))
+        .collect();
+    insert(&outbox, &rows).await;
+    let relay = RunningRelay::start(&config);
+    wait_counts(&outbox, rows.len() as i64, 0, Duration::from_secs(60)).await;
+    relay.stop().await;
+    let lines = decode_with_confluent(&double.url(), &outbox.topic, decode_format).await;
+    (lines, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_avro_schema_using_a_named_type_of_another_subject_is_relayed_and_decoded_by_confluent()
+{
+    let money = r#"{"type": "record", "name": "Money", "namespace": "it.refs",
+                    "fields": [{"name": "cents", "type": "long"}]}"#;
+    let priced = r#"{"type": "record", "name": "Priced", "namespace": "it.refs",
+                     "fields": [{"name": "sku", "type": "string"},
+                                {"name": "price", "type": "it.refs.Money"}]}"#;
+    let payloads = [
+        json!({"sku": "a-1", "price": {"cents": 1999}}),
+        json!({"sku": "b-2", "price": {"cents": 5}}),
+    ];
+    let (lines, id) = relay_with_reference(
+        Format::Avro,
+        "AVRO",
+        "avro",
+        ("it.refs.Money", money),
+        priced,
+        &payloads,
+    )
+    .await;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (line, payload) in lines.iter().zip(&payloads) {
+        assert_eq!(line["schema_id"], json!(id), "{line}");
+        assert_eq!(&line["value"], payload, "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protobuf_schema_importing_another_subject_is_relayed_and_decoded_by_confluent() {
+    let money = "syntax = \"proto3\";\npackage it.refs;\nmessage Money { int64 cents = 1; }\n";
+    let priced = "syntax = \"proto3\";\npackage it.refs;\nimport \"it/refs/money.proto\";\n\
+                  message Priced { string sku = 1; it.refs.Money price = 2; }\n";
+    let payloads = [json!({"sku": "a-1", "price": {"cents": 1999}})];
+    let (lines, id) = relay_with_reference(
+        Format::Protobuf,
+        "PROTOBUF",
+        "protobuf",
+        ("it/refs/money.proto", money),
+        priced,
+        &payloads,
+    )
+    .await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["schema_id"], json!(id), "{}", lines[0]);
+    // The proto3 JSON mapping prints int64 as a string.
+    assert_eq!(
+        lines[0]["value"],
+        json!({"sku": "a-1", "price": {"cents": "1999"}}),
+        "{}",
+        lines[0]
+    );
+}

@@ -1,10 +1,8 @@
 //! Confluent schema references: a registered schema may name other registered schemas
 //! (`references: [{name, subject, version}]`) — Protobuf imports by file name, Avro named types
-//! by full name. They are fetched by subject and version, recursively (dependencies first,
-//! each once), and kept for good: a subject's numbered version never changes meaning.
-//!
-//! JSON Schema references (`$ref` to another subject) are not resolved: such a schema is
-//! refused with a reason that says so.
+//! by full name, JSON Schema `$ref`s by URL or relative name. They are fetched by subject and
+//! version, recursively (dependencies first, each once), and kept for good: a subject's
+//! numbered version never changes meaning.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -13,7 +11,7 @@ use schema_registry_converter::async_impl::schema_registry::{get_referenced_sche
 use schema_registry_converter::schema_registry_common::{RegisteredReference, RegisteredSchema};
 
 use super::registry::{classify, RegistryError};
-use super::{avro, protobuf, Encoder};
+use super::{avro, json_schema, protobuf, Encoder};
 use crate::config::Format;
 
 /// How deep references may nest before the schema is refused (a cycle, or a mistake).
@@ -132,7 +130,11 @@ impl Encoder {
                     .map(Self::Protobuf)
             }
             Format::JsonSchema => {
-                return Err("uses JSON Schema references, which the relay does not resolve".into())
+                let references: Vec<(String, String)> = referenced
+                    .iter()
+                    .map(|r| (r.name.clone(), r.schema.clone()))
+                    .collect();
+                json_schema::JsonSchemaEncoder::with_references(schema, &references).map(Self::Json)
             }
             Format::RawJson => return Err("raw-json has no schema".into()),
         };

@@ -100,3 +100,25 @@ async fn a_protobuf_schema_importing_another_subject_is_relayed_and_decoded_by_c
         lines[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_schema_referring_to_another_subject_by_ref_is_validated_relayed_and_decoded() {
+    let money = r#"{"type": "object", "properties": {"cents": {"type": "integer"}},
+                    "required": ["cents"], "additionalProperties": false}"#;
+    let priced = r#"{"title": "Priced", "type": "object",
+                     "properties": {"sku": {"type": "string"}, "price": {"$ref": "money.json"}},
+                     "required": ["sku", "price"], "additionalProperties": false}"#;
+    let payloads = [json!({"sku": "a-1", "price": {"cents": 1999}})];
+    let (lines, id) = relay_with_reference(
+        Format::JsonSchema,
+        "JSON",
+        "json-schema",
+        ("money.json", money),
+        priced,
+        &payloads,
+    )
+    .await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["schema_id"], json!(id), "{}", lines[0]);
+    assert_eq!(lines[0]["value"], payloads[0], "{}", lines[0]);
+}

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 
 use crate::helpers::TestOutbox;
 use crate::registry_support::{
-    decode_with_confluent, insert, registry_config, topic, wait_counts, Row, RunningRelay,
+    decode_with_confluent, insert, registry_config, row_states, topic, wait_counts, Row,
+    RunningRelay,
 };
 
 /// Registers `money` under subject `money` and `priced` (referring to it as `name`) as the
@@ -121,4 +122,57 @@ async fn a_json_schema_referring_to_another_subject_by_ref_is_validated_relayed_
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["schema_id"], json!(id), "{}", lines[0]);
     assert_eq!(lines[0]["value"], payloads[0], "{}", lines[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_the_registry_no_longer_serves_parks_the_row_with_the_registry_reason() {
+    let outbox = TestOutbox::new(1).await;
+    let double = SchemaRegistryDouble::start().await;
+    let money = r#"{"type": "record", "name": "Money", "namespace": "it.gone",
+                    "fields": [{"name": "cents", "type": "long"}]}"#;
+    let priced = r#"{"type": "record", "name": "Priced", "namespace": "it.gone",
+                     "fields": [{"name": "price", "type": "it.gone.Money"}]}"#;
+    let money_subject = format!("{}-money", outbox.topic);
+    double.register(&money_subject, "AVRO", money);
+    double.register_with_references(
+        &format!("{}-value", outbox.topic),
+        "AVRO",
+        priced,
+        &[("it.gone.Money", &money_subject, 1)],
+    );
+    // A self-contained subject for the sentinel row, which must still be delivered.
+    double.register("it-gone-plain", "AVRO", money);
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/subjects/{money_subject}", double.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success());
+    let mut config = registry_config(&outbox, &double);
+    config
+        .topics
+        .insert(outbox.topic.clone(), topic(Format::Avro));
+    insert(
+        &outbox,
+        &[
+            Row::new(&outbox.topic, Some("a"), json!({"price": {"cents": 1}})),
+            Row::new(&outbox.topic, Some("b"), json!({"cents": 2})).subject("it-gone-plain", None),
+        ],
+    )
+    .await;
+    let relay = RunningRelay::start(&config);
+    wait_counts(&outbox, 1, 1, Duration::from_secs(60)).await;
+    relay.stop().await;
+    let rows = row_states(&outbox).await;
+    assert_eq!(
+        (rows[0].status.as_str(), rows[1].status.as_str()),
+        ("parked", "delivered")
+    );
+    let reason = rows[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains(&format!(
+            "reference `it.gone.Money` (subject `{money_subject}` version 1)"
+        )) && reason.contains("40401"),
+        "{reason}"
+    );
 }

@@ -72,9 +72,23 @@ impl AvroEncoder {
     /// needs. Fails on invalid schema text, unknown type names, defaults that do not fit their
     /// field, a misplaced `"outbox.json"` attribute and unsupported logical types.
     pub fn new(schema_json: &str) -> Result<Self, SchemaError> {
-        let schema = Schema::parse_str(schema_json)
-            .map_err(|e| SchemaError(format!("invalid Avro schema: {e}")))?;
+        Self::with_references(schema_json, &[])
+    }
+
+    /// As [`new`](Self::new), with the texts of referenced schemas (Confluent schema
+    /// references, dependencies first) whose named types `schema_json` may use.
+    pub fn with_references(schema_json: &str, referenced: &[&str]) -> Result<Self, SchemaError> {
+        let invalid = |e: apache_avro::Error| SchemaError(format!("invalid Avro schema: {e}"));
+        let (schema, named) = if referenced.is_empty() {
+            (Schema::parse_str(schema_json).map_err(invalid)?, Vec::new())
+        } else {
+            Schema::parse_str_with_list(schema_json, referenced).map_err(invalid)?
+        };
         let mut compiler = Compiler::default();
+        // The referenced types first, so that the schema's names of them resolve.
+        for referenced in &named {
+            compiler.compile(referenced, false)?;
+        }
         let root = compiler.compile(&schema, false)?;
         let mut encoder = AvroEncoder {
             nodes: compiler.nodes,

@@ -7,8 +7,8 @@
 //! compact JSON text of the payload; Confluent's JSON Schema serializer adds nothing else after
 //! the 5-byte header.
 //!
-//! Only self-contained schemas are supported: remote `$ref`s cannot be resolved (no I/O here)
-//! and make `new` fail.
+//! Remote `$ref`s resolve only to the schema's Confluent references (by their name): there is no
+//! I/O here, and any other remote `$ref` makes `new` fail.
 
 use jsonschema::error::ValidationErrorKind;
 use jsonschema::paths::LocationSegment;
@@ -32,9 +32,30 @@ impl JsonSchemaEncoder {
     /// Parses and compiles `schema_json`. Fails on invalid JSON, an invalid schema or
     /// references that cannot be resolved offline.
     pub fn new(schema_json: &str) -> Result<Self, SchemaError> {
+        Self::with_references(schema_json, &[])
+    }
+
+    /// As [`new`](Self::new), with Confluent schema references: (name, schema text). A `$ref`
+    /// to a reference's name (as written, or relative to the schema) resolves to its schema;
+    /// any other remote `$ref` still fails.
+    pub fn with_references(
+        schema_json: &str,
+        references: &[(String, String)],
+    ) -> Result<Self, SchemaError> {
         let schema: Value = serde_json::from_str(schema_json)
             .map_err(|e| SchemaError(format!("JSON Schema is not valid JSON: {e}")))?;
-        let validator = jsonschema::validator_for(&schema)
+        let mut referenced = Vec::with_capacity(references.len());
+        for (name, text) in references {
+            let value: Value = serde_json::from_str(text).map_err(|e| {
+                SchemaError(format!(
+                    "referenced JSON Schema `{name}` is not valid JSON: {e}"
+                ))
+            })?;
+            referenced.push((name.clone(), value));
+        }
+        let validator = jsonschema::options()
+            .with_retriever(References(referenced))
+            .build(&schema)
             .map_err(|e| SchemaError(format!("invalid JSON Schema: {e}")))?;
         let title = schema
             .get("title")
@@ -149,6 +170,25 @@ fn join(path: &str, name: &str) -> String {
         name.to_owned()
     } else {
         format!("{path}.{name}")
+    }
+}
+
+/// Serves a schema's Confluent references to the validator, by name: `$ref: "money.json"`
+/// arrives as `json-schema:///money.json`, an absolute name as itself.
+struct References(Vec<(String, Value)>);
+
+impl jsonschema::Retrieve for References {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let asked = uri.as_str();
+        let relative = asked.strip_prefix("json-schema:///");
+        self.0
+            .iter()
+            .find(|(name, _)| name == asked || Some(name.trim_start_matches("./")) == relative)
+            .map(|(_, schema)| schema.clone())
+            .ok_or_else(|| format!("`{asked}` is not one of the schema's references").into())
     }
 }
 
@@ -274,5 +314,22 @@ mod tests {
     fn encoder_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<JsonSchemaEncoder>();
+    }
+
+    #[test]
+    fn a_ref_resolves_to_a_reference_by_name_and_any_other_remote_ref_fails() {
+        let priced = r#"{"type":"object","properties":{"price":{"$ref":"money.json"}}}"#;
+        let money = r#"{"type":"object","properties":{"cents":{"type":"integer"}}}"#;
+        let references = [("money.json".to_owned(), money.to_owned())];
+        let encoder = JsonSchemaEncoder::with_references(priced, &references).unwrap();
+        let mut out = Vec::new();
+        encoder
+            .encode(&json!({"price": {"cents": 5}}), &mut out)
+            .unwrap();
+        let wrong = encoder.encode(&json!({"price": {"cents": "five"}}), &mut Vec::new());
+        assert!(wrong.is_err(), "the referenced schema is applied");
+        let other = [("other.json".to_owned(), money.to_owned())];
+        assert!(JsonSchemaEncoder::with_references(priced, &other).is_err());
+        assert!(JsonSchemaEncoder::new(priced).is_err());
     }
 }

@@ -13,6 +13,7 @@ pub mod avro;
 pub mod encode_error;
 pub mod json_schema;
 pub mod protobuf;
+pub mod references;
 pub mod registry;
 
 use std::borrow::Cow;

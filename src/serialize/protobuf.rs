@@ -1,8 +1,8 @@
 //! JSON payload → Confluent message indexes + protobuf bytes, for one `.proto` schema text.
 //!
 //! Owns compiling the registered schema text (in memory, with protox; the well-known
-//! `google/protobuf/*.proto` imports resolve, other imports — Confluent schema references — do
-//! not), choosing the message, computing its Confluent message-index path once, and turning JSON
+//! `google/protobuf/*.proto` imports resolve, and so do the files of Confluent schema
+//! references, by their reference name: see `with_imports`), choosing the message, computing its Confluent message-index path once, and turning JSON
 //! into a `DynamicMessage` with prost-reflect's proto3 JSON mapping (field names as in the
 //! `.proto` or camelCase; 64-bit integers as numbers or strings; enums by name or number;
 //! unknown fields are refused). Deserializing runs without path tracking; only when it fails is
@@ -31,10 +31,21 @@ impl ProtobufEncoder {
     /// `schema` is the .proto text as registered (proto3). `message`: fully-qualified message
     /// name to use; `None` = the first message declared in the file (Confluent's default).
     pub fn new(schema: &str, message: Option<&str>) -> Result<Self, SchemaError> {
+        Self::with_imports(schema, message, &[])
+    }
+
+    /// As [`new`](Self::new), with the files `schema` imports by Confluent schema reference:
+    /// (import name, .proto text).
+    pub fn with_imports(
+        schema: &str,
+        message: Option<&str>,
+        imports: &[(String, String)],
+    ) -> Result<Self, SchemaError> {
         let mut resolver = ChainFileResolver::new();
         resolver.add(InMemoryFile {
             source: schema.to_owned(),
         });
+        resolver.add(Imports(imports.to_vec()));
         resolver.add(GoogleFileResolver::new());
         let mut compiler = protox::Compiler::with_file_resolver(resolver);
         compiler
@@ -184,6 +195,18 @@ impl FileResolver for InMemoryFile {
             File::from_source(name, &self.source)
         } else {
             Err(protox::Error::file_not_found(name))
+        }
+    }
+}
+
+/// The files of the schema's references, by the name it imports them under.
+struct Imports(Vec<(String, String)>);
+
+impl FileResolver for Imports {
+    fn open_file(&self, name: &str) -> Result<File, protox::Error> {
+        match self.0.iter().find(|(import, _)| import == name) {
+            Some((_, source)) => File::from_source(name, source),
+            None => Err(protox::Error::file_not_found(name)),
         }
     }
 }

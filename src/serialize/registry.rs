@@ -62,6 +62,7 @@ pub struct Registry {
     latest_ttl: Duration,
     by_id: RwLock<HashMap<SchemaKey, Arc<Schema>>>,
     subjects: RwLock<HashMap<String, SubjectCache>>,
+    references: super::references::ReferenceCache,
 }
 
 impl std::fmt::Debug for Registry {
@@ -97,6 +98,7 @@ impl Registry {
             latest_ttl: Duration::from_millis(config.latest_ttl_ms),
             by_id: RwLock::default(),
             subjects: RwLock::default(),
+            references: super::references::ReferenceCache::default(),
         })
     }
 
@@ -127,6 +129,7 @@ impl Registry {
             .await
             .map_err(|e| classify(&e, &format!("schema id {id}")))?;
         self.remember(registered, id, format, message, &format!("schema id {id}"))
+            .await
     }
 
     /// The schema of `subject` at `version` (None: the latest), for a topic written in `format`.
@@ -171,7 +174,7 @@ impl Registry {
                 None => entry.latest = Some((id, Instant::now())),
             }
         }
-        self.remember(registered, id, format, message, &what)
+        self.remember(registered, id, format, message, &what).await
     }
 
     /// Keeps `id` as the subject's latest for another TTL (unless a newer answer came meanwhile).
@@ -202,7 +205,7 @@ impl Registry {
         }
     }
 
-    fn remember(
+    async fn remember(
         &self,
         registered: RegisteredSchema,
         id: u32,
@@ -214,11 +217,6 @@ impl Registry {
         if let Some(s) = self.by_id.read().expect("cache lock").get(&key) {
             return Ok(Arc::clone(s));
         }
-        if !registered.references.is_empty() {
-            return Err(RegistryError::Refused(format!(
-                "{what} (id {id}) uses schema references, which the relay does not resolve"
-            )));
-        }
         let found = schema_format(&registered.schema_type);
         if found != Some(format) {
             return Err(RegistryError::Refused(format!(
@@ -227,8 +225,13 @@ impl Registry {
                 format.schema_type()
             )));
         }
-        let encoder = Encoder::build(format, &registered.schema, message)
-            .map_err(|why| RegistryError::Refused(format!("{what} (id {id}): {why}")))?;
+        let referenced = self
+            .references
+            .resolve(&self.settings, &registered.references, what)
+            .await?;
+        let encoder =
+            Encoder::build_with_references(format, &registered.schema, message, &referenced)
+                .map_err(|why| RegistryError::Refused(format!("{what} (id {id}): {why}")))?;
         let schema = Arc::new(Schema { id, encoder });
         self.by_id
             .write()

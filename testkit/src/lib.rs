@@ -3,10 +3,12 @@
 //! - [`SchemaRegistryDouble`] (this file): an in-process HTTP server speaking the Confluent Schema
 //!   Registry REST API, which a test can take down, bring back and make fail.
 //! - `registry` (private): the registry's state and REST semantics, without networking.
+//! - `compat` (private): compatibility checking of a new version against earlier ones.
 //!
 //! The `schema-registry-double` binary serves the same double from the command line, for tools
 //! written in other languages.
 
+mod compat;
 mod registry;
 
 use std::collections::HashMap;
@@ -23,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
-use registry::{ApiError, Registry};
+use registry::{ApiError, Reference, Registry, SchemaRequest};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
@@ -125,10 +127,47 @@ impl SchemaRegistryDouble {
     /// Registers a schema directly, without HTTP, and returns its id (an identical schema
     /// already registered under any subject keeps its id). Panics on an invalid schema.
     pub fn register(&self, subject: &str, schema_type: &str, schema: &str) -> u32 {
+        self.register_with_references(subject, schema_type, schema, &[])
+    }
+
+    /// As [`register`](Self::register), with schema references: (name, subject, version).
+    /// Panics on an invalid or incompatible schema or a reference to a missing version.
+    pub fn register_with_references(
+        &self,
+        subject: &str,
+        schema_type: &str,
+        schema: &str,
+        references: &[(&str, &str, u32)],
+    ) -> u32 {
+        let request = SchemaRequest {
+            schema_type: schema_type.to_owned(),
+            text: schema.to_owned(),
+            references: references
+                .iter()
+                .map(|(name, subject, version)| Reference {
+                    name: (*name).to_owned(),
+                    subject: (*subject).to_owned(),
+                    version: i64::from(*version),
+                })
+                .collect(),
+        };
         let mut registry = self.shared.registry.lock().expect("registry lock poisoned");
-        match registry.register(subject, schema_type, schema) {
+        match registry.register(subject, &request) {
             Ok(id) => id,
             Err(e) => panic!("cannot register {subject}: {}", e.message),
+        }
+    }
+
+    /// Sets the compatibility level of `subject` (`None`: the global level), as
+    /// `PUT /config[/subject]` does. Panics on an unknown level.
+    pub fn set_compatibility(&self, subject: Option<&str>, level: &str) {
+        let path: Vec<String> = std::iter::once("config".to_owned())
+            .chain(subject.map(str::to_owned))
+            .collect();
+        let body = serde_json::json!({ "compatibility": level }).to_string();
+        let mut registry = self.shared.registry.lock().expect("registry lock poisoned");
+        if let Err(e) = registry.handle("PUT", &path, &HashMap::new(), body.as_bytes()) {
+            panic!("cannot set compatibility {level}: {}", e.message);
         }
     }
 }

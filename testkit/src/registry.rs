@@ -1,12 +1,20 @@
 //! The registry's state and its REST semantics, free of any networking: one request in
 //! (method, decoded path segments, query, body), one `(status, JSON body)` out. Confluent's
 //! status codes, error codes and messages are copied where our clients look at them.
+//!
+//! As strict as a real registry where it matters to a catalogue: a new version is checked for
+//! compatibility under the subject's level (BACKWARD by default; see [`crate::compat`]), schema
+//! text is served normalized (Avro and JSON Schema as compact JSON with sorted keys, Protobuf as
+//! registered), and schema `references` are stored, must name an existing subject and version,
+//! and are resolved when a schema is parsed (Avro named types, Protobuf imports by file name).
 
 use std::collections::{BTreeMap, HashMap};
 
 use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 use prost::Message as _;
 use serde_json::{json, Value};
+
+use crate::compat::{self, Candidate, Verdict};
 
 /// A refusal, shaped like Confluent's `{"error_code": N, "message": "..."}` body.
 #[derive(Debug)]
@@ -48,21 +56,29 @@ impl ApiError {
 
 type Reply = Result<Value, ApiError>;
 
-const COMPATIBILITY_LEVELS: [&str; 7] = [
-    "BACKWARD",
-    "BACKWARD_TRANSITIVE",
-    "FORWARD",
-    "FORWARD_TRANSITIVE",
-    "FULL",
-    "FULL_TRANSITIVE",
-    "NONE",
-];
+/// One entry of a schema's `references`: the schema registered as `subject` `version`, known
+/// inside the referring schema as `name` (a Protobuf import path, an Avro type's full name, a
+/// JSON Schema `$ref` URL).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Reference {
+    pub(crate) name: String,
+    pub(crate) subject: String,
+    pub(crate) version: i64,
+}
 
-/// A schema as first registered, plus the form used to recognise it again.
+/// A schema as registered: normalized text, references, and the form used to recognise it.
 struct Stored {
     schema_type: String,
     text: String,
+    references: Vec<Reference>,
     fingerprint: String,
+}
+
+/// A register or lookup request: `{"schema", "schemaType"?, "references"?}`.
+pub(crate) struct SchemaRequest {
+    pub(crate) schema_type: String,
+    pub(crate) text: String,
+    pub(crate) references: Vec<Reference>,
 }
 
 #[derive(Default)]
@@ -76,30 +92,198 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// Registers `text` under `subject` (idempotently) and returns its global id.
+    /// Registers `request` under `subject` (idempotently) and returns its global id. A new
+    /// version must be compatible with the earlier ones under the subject's level.
     pub(crate) fn register(
         &mut self,
         subject: &str,
-        schema_type: &str,
-        text: &str,
+        request: &SchemaRequest,
     ) -> Result<u32, ApiError> {
-        let fingerprint = validate(schema_type, text)?;
-        let id = match self.find(schema_type, &fingerprint) {
+        let (text, fingerprint) = self.validate(request)?;
+        let existing = self.find(&request.schema_type, &fingerprint);
+        let versions = self.subjects.get(subject).cloned().unwrap_or_default();
+        if let Some(id) = existing.filter(|id| versions.contains(id)) {
+            return Ok(id);
+        }
+        let level = self.level_of(subject).to_owned();
+        match self.check(&level, request, &versions) {
+            Verdict::Compatible => {}
+            Verdict::Incompatible(messages) => {
+                return Err(ApiError::new(
+                    409,
+                    409,
+                    format!(
+                        "Schema being registered is incompatible with an earlier schema for \
+                         subject \"{subject}\", details: [{}]",
+                        messages.join("; ")
+                    ),
+                ))
+            }
+            Verdict::NotImplemented(why) => return Err(ApiError::new(422, 42299, why)),
+        }
+        let id = match existing {
             Some(id) => id,
             None => {
                 self.schemas.push(Stored {
-                    schema_type: schema_type.to_owned(),
-                    text: text.to_owned(),
+                    schema_type: request.schema_type.clone(),
+                    text,
+                    references: request.references.clone(),
                     fingerprint,
                 });
                 self.schemas.len() as u32
             }
         };
-        let versions = self.subjects.entry(subject.to_owned()).or_default();
-        if !versions.contains(&id) {
-            versions.push(id);
-        }
+        self.subjects
+            .entry(subject.to_owned())
+            .or_default()
+            .push(id);
         Ok(id)
+    }
+
+    /// Checks `request` against the schemas with these ids (a subject's versions, oldest first).
+    fn check(&self, level: &str, request: &SchemaRequest, against: &[u32]) -> Verdict {
+        let candidate = |schema_type: &str, text: &str, references: &[Reference]| {
+            let avro = (schema_type == "AVRO")
+                .then(|| self.parse_avro(text, references).ok())
+                .flatten();
+            Candidate {
+                schema_type: schema_type.to_owned(),
+                avro,
+            }
+        };
+        let new = candidate(&request.schema_type, &request.text, &request.references);
+        let previous: Vec<Candidate> = against
+            .iter()
+            .map(|id| {
+                let s = &self.schemas[*id as usize - 1];
+                candidate(&s.schema_type, &s.text, &s.references)
+            })
+            .collect();
+        compat::check(level, &new, &previous)
+    }
+
+    /// Every schema `references` leads to, transitively, dependencies first, as
+    /// (reference name, schema id). A reference to a missing subject or version is refused.
+    fn resolve(&self, references: &[Reference]) -> Result<Vec<(String, u32)>, ApiError> {
+        let mut out: Vec<(String, u32)> = Vec::new();
+        self.resolve_into(references, &mut out, 0)?;
+        Ok(out)
+    }
+
+    fn resolve_into(
+        &self,
+        references: &[Reference],
+        out: &mut Vec<(String, u32)>,
+        depth: usize,
+    ) -> Result<(), ApiError> {
+        if depth > 32 {
+            return Err(ApiError::invalid_schema(
+                "schema references nest too deeply",
+            ));
+        }
+        for reference in references {
+            let id = self.reference_id(reference)?;
+            let stored = &self.schemas[id as usize - 1];
+            self.resolve_into(&stored.references, out, depth + 1)?;
+            if !out.iter().any(|(_, known)| *known == id) {
+                out.push((reference.name.clone(), id));
+            }
+        }
+        Ok(())
+    }
+
+    fn reference_id(&self, reference: &Reference) -> Result<u32, ApiError> {
+        let missing = || {
+            ApiError::invalid_schema(format!(
+                "Invalid schema: reference `{}` names subject '{}' version {}, which does not \
+                 exist",
+                reference.name, reference.subject, reference.version
+            ))
+        };
+        let versions = self.subjects.get(&reference.subject).ok_or_else(missing)?;
+        let index = match reference.version {
+            -1 => versions.len().checked_sub(1),
+            v if v >= 1 => Some(v as usize - 1),
+            _ => None,
+        };
+        index
+            .and_then(|i| versions.get(i))
+            .copied()
+            .ok_or_else(missing)
+    }
+
+    /// Parses an Avro schema with the named types of its references.
+    fn parse_avro(
+        &self,
+        text: &str,
+        references: &[Reference],
+    ) -> Result<apache_avro::Schema, String> {
+        let referenced: Vec<&str> = self
+            .resolve(references)
+            .map_err(|e| e.message)?
+            .into_iter()
+            .map(|(_, id)| self.schemas[id as usize - 1].text.as_str())
+            .collect();
+        if referenced.is_empty() {
+            return apache_avro::Schema::parse_str(text).map_err(|e| e.to_string());
+        }
+        apache_avro::Schema::parse_str_with_list(text, referenced)
+            .map(|(schema, _)| schema)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The Protobuf files of a schema's references, by import name.
+    fn protobuf_imports(
+        &self,
+        references: &[Reference],
+    ) -> Result<Vec<(String, String)>, ApiError> {
+        Ok(self
+            .resolve(references)?
+            .into_iter()
+            .map(|(name, id)| (name, self.schemas[id as usize - 1].text.clone()))
+            .collect())
+    }
+
+    /// Checks that the request holds a schema of its type (references resolved) and returns
+    /// (normalized text, fingerprint).
+    pub(crate) fn validate(&self, request: &SchemaRequest) -> Result<(String, String), ApiError> {
+        let text = &request.text;
+        let invalid =
+            |why: String| ApiError::invalid_schema(format!("Invalid schema {text}: {why}"));
+        self.resolve(&request.references)?;
+        let normalized = match request.schema_type.as_str() {
+            "AVRO" => {
+                let value: Value =
+                    serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+                check_avro(&value).map_err(invalid)?;
+                self.parse_avro(text, &request.references)
+                    .map_err(invalid)?;
+                normalize_json(&value)
+            }
+            "JSON" => {
+                let value: Value =
+                    serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+                if !(value.is_object() || value.is_boolean()) {
+                    return Err(invalid("a JSON Schema is an object or a boolean".into()));
+                }
+                normalize_json(&value)
+            }
+            "PROTOBUF" => {
+                let imports = self.protobuf_imports(&request.references)?;
+                compile_protobuf(text, &imports).map_err(invalid)?;
+                text.trim().to_owned()
+            }
+            other => {
+                return Err(ApiError::invalid_schema(format!(
+                    "Invalid schema type {other}"
+                )))
+            }
+        };
+        let fingerprint = format!(
+            "{normalized}\n{}",
+            serde_json::to_string(&request.references).expect("references serialize")
+        );
+        Ok((normalized, fingerprint))
     }
 
     fn find(&self, schema_type: &str, fingerprint: &str) -> Option<u32> {
@@ -141,28 +325,43 @@ impl Registry {
                 .len())
                 .collect::<Vec<_>>())),
             ("POST", ["subjects", subject, "versions"]) => {
-                let (schema_type, text) = parse_schema_request(body)?;
-                let id = self.register(subject, &schema_type, &text)?;
+                let request = parse_schema_request(body)?;
+                let id = self.register(subject, &request)?;
                 Ok(json!({ "id": id }))
             }
-            ("GET", ["subjects", subject, "versions", version]) => {
-                let version = parse_version(version)?;
-                let versions = self.versions(subject)?;
-                let index = match version {
-                    None => versions.len() - 1,
-                    Some(v) if v as usize <= versions.len() => v as usize - 1,
-                    Some(v) => {
-                        return Err(ApiError::new(404, 40402, format!("Version {v} not found.")))
-                    }
+            ("GET", ["schemas", "ids", id, "referencedby"]) => {
+                let (id, _) = self.stored(id)?;
+                Ok(json!(self.referenced_by(id)))
+            }
+            ("GET", ["subjects", subject, "versions", version, "referencedby"]) => {
+                let index = self.version_index(subject, version)?;
+                Ok(json!(self.referenced_by(self.subjects[*subject][index])))
+            }
+            ("POST", ["compatibility", "subjects", subject, "versions", version]) => {
+                let index = self.version_index(subject, version)?;
+                let versions = &self.subjects[*subject];
+                // A numbered version is checked alone; `latest` as the level says.
+                let against = if parse_version(version)?.is_some() {
+                    vec![versions[index]]
+                } else {
+                    versions.clone()
                 };
+                self.compatibility_answer(subject, body, &against, query)
+            }
+            ("POST", ["compatibility", "subjects", subject, "versions"]) => {
+                let against = self.subjects.get(*subject).cloned().unwrap_or_default();
+                self.compatibility_answer(subject, body, &against, query)
+            }
+            ("GET", ["subjects", subject, "versions", version]) => {
+                let index = self.version_index(subject, version)?;
                 self.version_object(subject, index, query.get("format").map(String::as_str))
             }
             ("POST", ["subjects", subject]) => {
-                let (schema_type, text) = parse_schema_request(body)?;
-                let fingerprint = validate(&schema_type, &text)?;
+                let request = parse_schema_request(body)?;
+                let (_, fingerprint) = self.validate(&request)?;
                 let versions = self.versions(subject)?;
                 let index = self
-                    .find(&schema_type, &fingerprint)
+                    .find(&request.schema_type, &fingerprint)
                     .and_then(|id| versions.iter().position(|v| *v == id))
                     .ok_or_else(|| ApiError::new(404, 40403, "Schema not found"))?;
                 self.version_object(subject, index, query.get("format").map(String::as_str))
@@ -173,6 +372,15 @@ impl Registry {
                 Ok(json!((1..=count).collect::<Vec<_>>()))
             }
             ("GET", ["config"]) => Ok(json!({ "compatibilityLevel": self.global_level() })),
+            ("DELETE", ["config"]) => {
+                let previous = self.global_level().to_owned();
+                self.global_compatibility = None;
+                Ok(json!({ "compatibilityLevel": previous }))
+            }
+            ("DELETE", ["config", subject]) => match self.subject_compatibility.remove(*subject) {
+                Some(level) => Ok(json!({ "compatibilityLevel": level })),
+                None => Err(no_subject_config(subject)),
+            },
             ("PUT", ["config"]) => {
                 let level = parse_compatibility(body)?;
                 self.global_compatibility = Some(level.clone());
@@ -183,13 +391,7 @@ impl Registry {
                 None if query.get("defaultToGlobal").is_some_and(|v| v == "true") => {
                     Ok(json!({ "compatibilityLevel": self.global_level() }))
                 }
-                None => Err(ApiError::new(
-                    404,
-                    40408,
-                    format!(
-                        "Subject '{subject}' does not have subject-level compatibility configured"
-                    ),
-                )),
+                None => Err(no_subject_config(subject)),
             },
             ("PUT", ["config", subject]) => {
                 let level = parse_compatibility(body)?;
@@ -204,13 +406,69 @@ impl Registry {
                 | ["schemas", "ids", _, "versions" | "subjects"],
             )
             | (_, ["subjects", _, "versions"] | ["subjects", _, "versions", _] | ["subjects", _])
-            | (_, ["config"] | ["config", _]) => Err(ApiError::method_not_allowed()),
+            | (_, ["config"] | ["config", _])
+            | (_, ["compatibility", "subjects", _, "versions", ..]) => {
+                Err(ApiError::method_not_allowed())
+            }
             _ => Err(ApiError::not_found_path()),
         }
     }
 
     fn global_level(&self) -> &str {
         self.global_compatibility.as_deref().unwrap_or("BACKWARD")
+    }
+
+    /// The level that applies to `subject`: its own, else the global one.
+    fn level_of(&self, subject: &str) -> &str {
+        self.subject_compatibility
+            .get(subject)
+            .map_or_else(|| self.global_level(), String::as_str)
+    }
+
+    /// The index of `version` (a number, `latest` or -1) among the subject's versions.
+    fn version_index(&self, subject: &str, version: &str) -> Result<usize, ApiError> {
+        let version = parse_version(version)?;
+        let versions = self.versions(subject)?;
+        match version {
+            None => Ok(versions.len() - 1),
+            Some(v) if v as usize <= versions.len() => Ok(v as usize - 1),
+            Some(v) => Err(ApiError::new(404, 40402, format!("Version {v} not found."))),
+        }
+    }
+
+    /// The ids of the schemas whose references name a subject version holding `id`.
+    fn referenced_by(&self, id: u32) -> Vec<u32> {
+        (1..=self.schemas.len() as u32)
+            .filter(|other| {
+                self.schemas[*other as usize - 1]
+                    .references
+                    .iter()
+                    .any(|r| self.reference_id(r).ok() == Some(id))
+            })
+            .collect()
+    }
+
+    /// `POST /compatibility/...`: `{"is_compatible": bool}`, with `messages` when verbose.
+    fn compatibility_answer(
+        &self,
+        subject: &str,
+        body: &[u8],
+        against: &[u32],
+        query: &HashMap<String, String>,
+    ) -> Reply {
+        let request = parse_schema_request(body)?;
+        self.validate(&request)?;
+        let level = self.level_of(subject);
+        let messages = match self.check(level, &request, against) {
+            Verdict::Compatible => Vec::new(),
+            Verdict::Incompatible(messages) => messages,
+            Verdict::NotImplemented(why) => return Err(ApiError::new(422, 42299, why)),
+        };
+        let mut answer = json!({ "is_compatible": messages.is_empty() });
+        if query.get("verbose").is_some_and(|v| v == "true") {
+            answer["messages"] = json!(messages);
+        }
+        Ok(answer)
     }
 
     fn versions(&self, subject: &str) -> Result<&Vec<u32>, ApiError> {
@@ -232,10 +490,13 @@ impl Registry {
     fn schema_by_id(&self, id: &str, format: Option<&str>) -> Reply {
         let (_, stored) = self.stored(id)?;
         let text = match (stored.schema_type.as_str(), format) {
-            ("PROTOBUF", Some("serialized")) => serialized_descriptor(&stored.text)?,
+            ("PROTOBUF", Some("serialized")) => {
+                let imports = self.protobuf_imports(&stored.references)?;
+                serialized_descriptor(&stored.text, &imports)?
+            }
             _ => stored.text.clone(),
         };
-        let mut body = json!({ "schema": text, "references": [] });
+        let mut body = json!({ "schema": text, "references": stored.references });
         if stored.schema_type != "AVRO" {
             body["schemaType"] = json!(stored.schema_type);
         }
@@ -289,7 +550,7 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// Reads `{"schema", "schemaType"?, "references"?}`, as sent to register and lookup.
-fn parse_schema_request(body: &[u8]) -> Result<(String, String), ApiError> {
+fn parse_schema_request(body: &[u8]) -> Result<SchemaRequest, ApiError> {
     let body = parse_body(body)?;
     let text = body
         .get("schema")
@@ -301,16 +562,47 @@ fn parse_schema_request(body: &[u8]) -> Result<(String, String), ApiError> {
             .as_str()
             .ok_or_else(|| ApiError::invalid_schema("Invalid schemaType"))?,
     };
-    let has_references = body
-        .get("references")
-        .and_then(Value::as_array)
-        .is_some_and(|r| !r.is_empty());
-    if has_references {
-        return Err(ApiError::invalid_schema(
-            "references are not supported by this test double",
-        ));
+    let references = match body.get("references") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(r) => serde_json::from_value(r.clone()).map_err(|e| {
+            ApiError::invalid_schema(format!(
+                "Invalid references (each is {{\"name\", \"subject\", \"version\"}}): {e}"
+            ))
+        })?,
+    };
+    Ok(SchemaRequest {
+        schema_type: schema_type.to_owned(),
+        text: text.to_owned(),
+        references,
+    })
+}
+
+fn no_subject_config(subject: &str) -> ApiError {
+    ApiError::new(
+        404,
+        40408,
+        format!("Subject '{subject}' does not have subject-level compatibility configured"),
+    )
+}
+
+/// Compact JSON with every object's keys sorted, as a real registry serves Avro and JSON Schema.
+fn normalize_json(value: &Value) -> String {
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                let mut out = serde_json::Map::new();
+                for key in keys {
+                    out.insert(key.clone(), sorted(&map[key]));
+                }
+                Value::Object(out)
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
     }
-    Ok((schema_type.to_owned(), text.to_owned()))
+    sorted(value).to_string()
 }
 
 fn parse_compatibility(body: &[u8]) -> Result<String, ApiError> {
@@ -319,38 +611,17 @@ fn parse_compatibility(body: &[u8]) -> Result<String, ApiError> {
         .get("compatibility")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if COMPATIBILITY_LEVELS.contains(&level) {
+    if compat::LEVELS.contains(&level) {
         Ok(level.to_owned())
     } else {
-        Err(ApiError::new(422, 42203, "Invalid compatibility level"))
-    }
-}
-
-/// Checks that `text` is a schema of `schema_type` and returns the form it is recognised by:
-/// Avro and JSON Schema compare as parsed JSON (so whitespace and key order don't matter),
-/// Protobuf as trimmed text.
-pub(crate) fn validate(schema_type: &str, text: &str) -> Result<String, ApiError> {
-    let invalid = |why: String| ApiError::invalid_schema(format!("Invalid schema {text}: {why}"));
-    match schema_type {
-        "AVRO" => {
-            let value: Value = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
-            check_avro(&value).map_err(invalid)?;
-            Ok(value.to_string())
-        }
-        "JSON" => {
-            let value: Value = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
-            if !(value.is_object() || value.is_boolean()) {
-                return Err(invalid("a JSON Schema is an object or a boolean".into()));
-            }
-            Ok(value.to_string())
-        }
-        "PROTOBUF" => {
-            compile_protobuf(text).map_err(invalid)?;
-            Ok(text.trim().to_owned())
-        }
-        other => Err(ApiError::invalid_schema(format!(
-            "Invalid schema type {other}"
-        ))),
+        Err(ApiError::new(
+            422,
+            42203,
+            format!(
+                "Invalid compatibility level {level:?}; valid levels are {}",
+                compat::LEVELS.join(", ")
+            ),
+        ))
     }
 }
 
@@ -395,15 +666,21 @@ fn check_avro(value: &Value) -> Result<(), String> {
     }
 }
 
-/// Resolves our one in-memory file, then the well-known `google/protobuf/*.proto` imports.
-struct SchemaFile(protox::file::File);
+/// Resolves our one in-memory file, the files of its references by their names, then the
+/// well-known `google/protobuf/*.proto` imports.
+struct SchemaFile {
+    file: protox::file::File,
+    imports: Vec<(String, String)>,
+}
 
 impl protox::file::FileResolver for SchemaFile {
     fn open_file(&self, name: &str) -> Result<protox::file::File, protox::Error> {
-        if name == self.0.name() {
-            Ok(self.0.clone())
-        } else {
-            protox::file::GoogleFileResolver::new().open_file(name)
+        if name == self.file.name() {
+            return Ok(self.file.clone());
+        }
+        match self.imports.iter().find(|(import, _)| import == name) {
+            Some((_, text)) => protox::file::File::from_source(name, text),
+            None => protox::file::GoogleFileResolver::new().open_file(name),
         }
     }
 }
@@ -413,7 +690,10 @@ const SCHEMA_FILE_NAME: &str = "default";
 
 /// Compiles a Protobuf schema given either as `.proto` text or, as confluent-kafka's Python
 /// serializer registers it, as the base64 of a serialized `FileDescriptorProto`.
-fn compile_protobuf(text: &str) -> Result<prost_types::FileDescriptorProto, String> {
+fn compile_protobuf(
+    text: &str,
+    imports: &[(String, String)],
+) -> Result<prost_types::FileDescriptorProto, String> {
     let file = match protox::file::File::from_source(SCHEMA_FILE_NAME, text) {
         Ok(file) => file,
         Err(parse_error) => {
@@ -426,7 +706,8 @@ fn compile_protobuf(text: &str) -> Result<prost_types::FileDescriptorProto, Stri
         }
     };
     let name = file.name().to_owned();
-    let mut compiler = protox::Compiler::with_file_resolver(SchemaFile(file));
+    let imports = imports.to_vec();
+    let mut compiler = protox::Compiler::with_file_resolver(SchemaFile { file, imports });
     compiler.open_file(&name).map_err(|e| e.to_string())?;
     compiler
         .file_descriptor_set()
@@ -437,7 +718,7 @@ fn compile_protobuf(text: &str) -> Result<prost_types::FileDescriptorProto, Stri
 }
 
 /// `?format=serialized`: the base64 of the schema's serialized `FileDescriptorProto`.
-fn serialized_descriptor(text: &str) -> Result<String, ApiError> {
-    let proto = compile_protobuf(text).map_err(|e| ApiError::new(500, 50001, e))?;
+fn serialized_descriptor(text: &str, imports: &[(String, String)]) -> Result<String, ApiError> {
+    let proto = compile_protobuf(text, imports).map_err(|e| ApiError::new(500, 50001, e))?;
     Ok(BASE64.encode(proto.encode_to_vec()))
 }

@@ -45,6 +45,11 @@ async fn register(double: &SchemaRegistryDouble, subject: &str, body: Value) -> 
     .await
 }
 
+/// The JSON a schema text holds, to compare schemas whatever their key order.
+fn parsed(text: &Value) -> Value {
+    serde_json::from_str(text.as_str().expect("schema text")).expect("schema text is JSON")
+}
+
 fn error_code(body: &Value) -> i64 {
     body["error_code"]
         .as_i64()
@@ -73,6 +78,7 @@ async fn identical_schemas_share_one_id_across_subjects_and_differing_ones_do_no
     let double = SchemaRegistryDouble::start().await;
     let (_, a) = register(&double, "a-value", json!({ "schema": AVRO })).await;
     let (_, b) = register(&double, "b-value", json!({ "schema": AVRO })).await;
+    double.set_compatibility(Some("b-value"), "NONE");
     let (_, json_schema) = register(
         &double,
         "b-value",
@@ -103,12 +109,12 @@ async fn schema_by_id_omits_schema_type_for_avro_and_names_it_otherwise() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(body["schema"], AVRO);
+    assert_eq!(parsed(&body["schema"]), parsed(&json!(AVRO)));
     assert!(body.get("schemaType").is_none(), "{body}");
     let path = format!("/schemas/ids/{}?subject=p&fetchMaxId=false", proto["id"]);
     let (_, body) = call(&double, "GET", &path, None).await;
     assert_eq!(body["schemaType"], "PROTOBUF");
-    assert_eq!(body["schema"], PROTO);
+    assert_eq!(body["schema"], PROTO.trim());
 }
 
 #[tokio::test]
@@ -141,19 +147,240 @@ async fn invalid_schemas_of_every_type_answer_42201() {
 #[tokio::test]
 async fn avro_primitive_names_and_unions_are_valid_schemas() {
     let double = SchemaRegistryDouble::start().await;
-    for schema in [r#""string""#, r#"["null","long"]"#, r#"{"type":"int"}"#] {
-        let (status, body) = register(&double, "p", json!({ "schema": schema })).await;
+    for (subject, schema) in [
+        ("s", r#""string""#),
+        ("u", r#"["null","long"]"#),
+        ("i", r#"{"type":"int"}"#),
+    ] {
+        let (status, body) = register(&double, subject, json!({ "schema": schema })).await;
         assert_eq!(status, 200, "{schema}: {body}");
     }
 }
 
 #[tokio::test]
-async fn schema_references_are_refused_with_42201() {
+async fn a_reference_to_a_missing_subject_or_version_answers_42201() {
     let double = SchemaRegistryDouble::start().await;
-    let reference = json!({ "name": "other.proto", "subject": "other", "version": 1 });
-    let body = json!({ "schema": PROTO, "schemaType": "PROTOBUF", "references": [reference] });
-    let (status, body) = register(&double, "s", body).await;
-    assert_eq!((status, error_code(&body)), (422, 42201));
+    double.register(
+        "other",
+        "PROTOBUF",
+        "syntax = \"proto3\";\nmessage Other { int64 id = 1; }\n",
+    );
+    for reference in [
+        json!({ "name": "other.proto", "subject": "missing", "version": 1 }),
+        json!({ "name": "other.proto", "subject": "other", "version": 2 }),
+    ] {
+        let body = json!({ "schema": PROTO, "schemaType": "PROTOBUF", "references": [reference] });
+        let (status, body) = register(&double, "s", body).await;
+        assert_eq!((status, error_code(&body)), (422, 42201), "{body}");
+    }
+}
+
+const MONEY: &str = r#"{"type":"record","name":"Money","namespace":"shop.v1","fields":[{"name":"cents","type":"long"}]}"#;
+const PRICED: &str = r#"{"type":"record","name":"Priced","namespace":"shop.v1","fields":[{"name":"price","type":"shop.v1.Money"}]}"#;
+
+#[tokio::test]
+async fn an_avro_schema_naming_a_type_of_another_subject_is_accepted_with_its_reference() {
+    let double = SchemaRegistryDouble::start().await;
+    let (status, body) = register(&double, "priced", json!({ "schema": PRICED })).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (422, 42201),
+        "unknown name without reference"
+    );
+    let (_, money) = register(&double, "money", json!({ "schema": MONEY })).await;
+    let reference = json!({ "name": "shop.v1.Money", "subject": "money", "version": 1 });
+    let (status, priced) = register(
+        &double,
+        "priced",
+        json!({ "schema": PRICED, "references": [reference] }),
+    )
+    .await;
+    assert_eq!(status, 200, "{priced}");
+    let (_, by_id) = call(
+        &double,
+        "GET",
+        &format!("/schemas/ids/{}", priced["id"]),
+        None,
+    )
+    .await;
+    assert_eq!(by_id["references"], json!([reference]));
+    let (_, version) = call(&double, "GET", "/subjects/priced/versions/1", None).await;
+    assert_eq!(version["references"], json!([reference]));
+    let path = format!("/schemas/ids/{}/referencedby", money["id"]);
+    let (_, referenced_by) = call(&double, "GET", &path, None).await;
+    assert_eq!(referenced_by, json!([priced["id"]]));
+}
+
+#[tokio::test]
+async fn a_protobuf_schema_importing_another_subject_by_reference_compiles_and_serializes() {
+    let double = SchemaRegistryDouble::start().await;
+    double.register(
+        "money",
+        "PROTOBUF",
+        "syntax = \"proto3\";\npackage shop.v1;\nmessage Money { int64 cents = 1; }\n",
+    );
+    let priced = "syntax = \"proto3\";\npackage shop.v1;\nimport \"shop/v1/money.proto\";\nmessage Priced { shop.v1.Money price = 1; }\n";
+    let (status, _) = register(
+        &double,
+        "priced",
+        json!({ "schema": priced, "schemaType": "PROTOBUF" }),
+    )
+    .await;
+    assert_eq!(status, 422, "an unresolved import is refused");
+    let reference = json!({ "name": "shop/v1/money.proto", "subject": "money", "version": 1 });
+    let body = json!({ "schema": priced, "schemaType": "PROTOBUF", "references": [reference] });
+    let (status, registered) = register(&double, "priced", body).await;
+    assert_eq!(status, 200, "{registered}");
+    let path = format!("/schemas/ids/{}?format=serialized", registered["id"]);
+    let (status, serialized) = call(&double, "GET", &path, None).await;
+    assert_eq!(status, 200, "{serialized}");
+    assert_eq!(serialized["references"], json!([reference]));
+}
+
+#[tokio::test]
+async fn served_avro_and_json_schema_text_is_compact_with_sorted_keys() {
+    let double = SchemaRegistryDouble::start().await;
+    let spaced = "{ \"type\": \"record\", \"name\": \"Order\",\n  \"fields\": [ {\"type\": \"long\", \"name\": \"id\"} ] }";
+    let id = double.register("a", "AVRO", spaced);
+    let (_, body) = call(&double, "GET", &format!("/schemas/ids/{id}"), None).await;
+    assert_eq!(
+        body["schema"],
+        r#"{"fields":[{"name":"id","type":"long"}],"name":"Order","type":"record"}"#
+    );
+    let id = double.register("j", "JSON", r#"{ "type": "object", "properties": {} }"#);
+    let (_, body) = call(&double, "GET", &format!("/schemas/ids/{id}"), None).await;
+    assert_eq!(body["schema"], r#"{"properties":{},"type":"object"}"#);
+}
+
+const AVRO_V2_NO_DEFAULT: &str = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"},{"name":"note","type":"string"}]}"#;
+
+#[tokio::test]
+async fn an_incompatible_new_version_is_refused_with_409_under_the_default_backward_level() {
+    let double = SchemaRegistryDouble::start().await;
+    double.register("s", "AVRO", AVRO);
+    let (status, body) = register(&double, "s", json!({ "schema": AVRO_V2_NO_DEFAULT })).await;
+    assert_eq!((status, error_code(&body)), (409, 409), "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "Schema being registered is incompatible with an earlier schema for subject \"s\""
+        ) && message.contains("note"),
+        "{message}"
+    );
+    let (_, versions) = call(&double, "GET", "/subjects/s/versions", None).await;
+    assert_eq!(versions, json!([1]), "nothing was registered");
+    let (status, _) = register(&double, "s", json!({ "schema": AVRO_V2 })).await;
+    assert_eq!(status, 200, "a field with a default is a compatible change");
+}
+
+#[tokio::test]
+async fn a_subject_level_of_none_accepts_what_backward_refuses_and_deleting_it_restores_backward() {
+    let double = SchemaRegistryDouble::start().await;
+    double.register("s", "AVRO", AVRO);
+    let none = Some(json!({ "compatibility": "NONE" }));
+    call(&double, "PUT", "/config/s", none).await;
+    let (status, _) = register(&double, "s", json!({ "schema": AVRO_V2_NO_DEFAULT })).await;
+    assert_eq!(status, 200);
+    let (status, deleted) = call(&double, "DELETE", "/config/s", None).await;
+    assert_eq!(
+        (status, deleted),
+        (200, json!({ "compatibilityLevel": "NONE" }))
+    );
+    let (status, body) = call(&double, "DELETE", "/config/s", None).await;
+    assert_eq!((status, error_code(&body)), (404, 40408));
+    let (status, _) = register(&double, "s", json!({ "schema": AVRO })).await;
+    assert_eq!(
+        status, 200,
+        "v1 again is already registered: same id, no check"
+    );
+    let renamed = AVRO.replace("\"id\"", "\"key\"");
+    let (status, _) = register(&double, "s", json!({ "schema": renamed })).await;
+    assert_eq!(status, 409, "BACKWARD applies again");
+}
+
+#[tokio::test]
+async fn forward_and_full_levels_check_the_other_direction() {
+    let double = SchemaRegistryDouble::start().await;
+    double.register("f", "AVRO", AVRO_V2_NO_DEFAULT);
+    call(
+        &double,
+        "PUT",
+        "/config/f",
+        Some(json!({ "compatibility": "FORWARD" })),
+    )
+    .await;
+    let (status, _) = register(&double, "f", json!({ "schema": AVRO })).await;
+    assert_eq!(status, 409, "old readers need `note`, which has no default");
+    double.register("full", "AVRO", AVRO);
+    double.set_compatibility(Some("full"), "FULL");
+    let (status, _) = register(&double, "full", json!({ "schema": AVRO_V2_NO_DEFAULT })).await;
+    assert_eq!(status, 409, "new readers need `note`, which has no default");
+    let (status, _) = register(&double, "full", json!({ "schema": AVRO_V2 })).await;
+    assert_eq!(
+        status, 200,
+        "a field with a default is read and ignored both ways"
+    );
+}
+
+#[tokio::test]
+async fn the_compatibility_endpoint_answers_is_compatible_and_verbose_messages() {
+    let double = SchemaRegistryDouble::start().await;
+    double.register("s", "AVRO", AVRO);
+    let path = "/compatibility/subjects/s/versions/latest";
+    let (status, ok) = call(&double, "POST", path, Some(json!({ "schema": AVRO_V2 }))).await;
+    assert_eq!((status, ok), (200, json!({ "is_compatible": true })));
+    let (_, bad) = call(
+        &double,
+        "POST",
+        path,
+        Some(json!({ "schema": AVRO_V2_NO_DEFAULT })),
+    )
+    .await;
+    assert_eq!(bad, json!({ "is_compatible": false }));
+    let verbose = format!("{path}?verbose=true");
+    let (_, bad) = call(
+        &double,
+        "POST",
+        &verbose,
+        Some(json!({ "schema": AVRO_V2_NO_DEFAULT })),
+    )
+    .await;
+    assert_eq!(bad["is_compatible"], false);
+    assert!(
+        bad["messages"][0].as_str().unwrap().contains("note"),
+        "{bad}"
+    );
+    let (status, body) = call(
+        &double,
+        "POST",
+        "/compatibility/subjects/s/versions/7",
+        Some(json!({ "schema": AVRO })),
+    )
+    .await;
+    assert_eq!((status, error_code(&body)), (404, 40402));
+}
+
+#[tokio::test]
+async fn json_schema_and_protobuf_compatibility_is_not_claimed_except_under_none() {
+    let double = SchemaRegistryDouble::start().await;
+    double.register("j", "JSON", JSON_SCHEMA);
+    let other = r#"{"type":"object","properties":{"id":{"type":"string"}}}"#;
+    let body = json!({ "schema": other, "schemaType": "JSON" });
+    let (status, refused) = register(&double, "j", body.clone()).await;
+    assert_eq!((status, error_code(&refused)), (422, 42299));
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("compatibility checking not implemented for JSON"),
+        "{refused}"
+    );
+    let path = "/compatibility/subjects/j/versions/latest";
+    let (status, _) = call(&double, "POST", path, Some(body.clone())).await;
+    assert_eq!(status, 422);
+    double.set_compatibility(Some("j"), "NONE");
+    let (status, _) = register(&double, "j", body).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]
@@ -284,11 +511,13 @@ async fn unknown_subject_answers_40401() {
 async fn a_version_answers_subject_version_id_schema_and_type() {
     let double = SchemaRegistryDouble::start().await;
     double.register("orders-value", "AVRO", AVRO);
+    double.set_compatibility(Some("orders-value"), "NONE");
     let id = double.register("orders-value", "JSON", JSON_SCHEMA);
     let (status, body) = call(&double, "GET", "/subjects/orders-value/versions/2", None).await;
     assert_eq!(status, 200);
     let expected = json!({
-        "subject": "orders-value", "version": 2, "id": id, "schema": JSON_SCHEMA,
+        "subject": "orders-value", "version": 2, "id": id,
+        "schema": r#"{"properties":{"id":{"type":"integer"}},"type":"object"}"#,
         "schemaType": "JSON", "references": [],
     });
     assert_eq!(body, expected);
@@ -436,6 +665,11 @@ async fn config_starts_backward_and_stores_global_and_subject_levels() {
     )
     .await;
     assert_eq!((status, error_code(&body)), (422, 42203));
+    let (status, deleted) = call(&double, "DELETE", "/config/s", None).await;
+    assert_eq!(
+        (status, deleted),
+        (200, json!({ "compatibilityLevel": "NONE" }))
+    );
 }
 
 #[tokio::test]
@@ -551,7 +785,7 @@ async fn going_down_refuses_connections_and_coming_back_keeps_port_and_state() {
     let back = client.get(&url).send().await.unwrap();
     assert_eq!(back.status().as_u16(), 200);
     let body: Value = back.json().await.unwrap();
-    assert_eq!(body["schema"], AVRO);
+    assert_eq!(parsed(&body["schema"]), parsed(&json!(AVRO)));
 }
 
 #[tokio::test]

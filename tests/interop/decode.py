@@ -79,6 +79,26 @@ def message_indexes_of(data):
     return indexes
 
 
+def add_references(client, pool, references, added):
+    """Adds the files of a schema's references (Protobuf imports registered as other subjects)
+    to `pool`, dependencies first, each under the name it is imported by."""
+    for reference in references or []:
+        if reference.name in added:
+            continue
+        added.add(reference.name)
+        registered = client.get_version(reference.subject, reference.version, fmt="serialized")
+        add_references(client, pool, registered.schema.references, added)
+        file_proto = descriptor_pb2.FileDescriptorProto()
+        file_proto.ParseFromString(base64.standard_b64decode(registered.schema.schema_str))
+        file_proto.name = reference.name
+        for dependency in file_proto.dependency:
+            if dependency.startswith("google/protobuf/") and dependency not in added:
+                added.add(dependency)
+                known = descriptor_pool.Default().FindFileByName(dependency)
+                pool.AddSerializedFile(known.serialized_pb)
+        pool.Add(file_proto)
+
+
 def protobuf_message_class(client, schema_id, indexes):
     """Builds the message class for `indexes` in the registry's schema `schema_id`."""
     schema = client.get_schema(schema_id, fmt="serialized")
@@ -86,9 +106,11 @@ def protobuf_message_class(client, schema_id, indexes):
     file_proto.ParseFromString(base64.standard_b64decode(schema.schema_str))
     file_proto.name = "default"  # as confluent-kafka's deserializer names it
     pool = descriptor_pool.DescriptorPool()
+    add_references(client, pool, schema.references, set())
     for dependency in file_proto.dependency:
-        known = descriptor_pool.Default().FindFileByName(dependency)
-        pool.AddSerializedFile(known.serialized_pb)
+        if dependency.startswith("google/protobuf/"):
+            known = descriptor_pool.Default().FindFileByName(dependency)
+            pool.AddSerializedFile(known.serialized_pb)
     pool.Add(file_proto)
     file_descriptor = pool.FindFileByName(file_proto.name)
     descriptor = file_descriptor.message_types_by_name[file_proto.message_type[indexes[0]].name]

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaReference, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
@@ -111,6 +111,62 @@ def error_code_of(call):
 
 # --- the client ------------------------------------------------------------------------------
 
+AVRO_NEW_FIELD_NO_DEFAULT = json.dumps({
+    "type": "record", "name": "OrderPlaced", "namespace": "shop.v1",
+    "fields": [
+        {"name": "id", "type": "long"},
+        {"name": "customer", "type": "string"},
+        {"name": "note", "type": ["null", "string"], "default": None},
+        {"name": "channel", "type": "string"},
+    ],
+})
+AVRO_NEW_FIELD_WITH_DEFAULT = AVRO_NEW_FIELD_NO_DEFAULT.replace(
+    '"type": "string"}]', '"type": "string", "default": "web"}]')
+
+
+def test_an_incompatible_new_version_raises_http_409_under_the_default_backward_level(client):
+    client.register_schema("orders-value", Schema(AVRO, "AVRO"))
+    assert client.get_compatibility() == "BACKWARD"
+    with pytest.raises(SchemaRegistryError) as raised:
+        client.register_schema("orders-value", Schema(AVRO_NEW_FIELD_NO_DEFAULT, "AVRO"))
+    assert (raised.value.http_status_code, raised.value.error_code) == (409, 409)
+    assert "incompatible with an earlier schema" in raised.value.error_message
+    assert client.get_versions("orders-value") == [1]
+    client.register_schema("orders-value", Schema(AVRO_NEW_FIELD_WITH_DEFAULT, "AVRO"))
+    assert client.get_versions("orders-value") == [1, 2]
+
+
+def test_test_compatibility_and_set_compatibility_follow_the_subject_level(client):
+    client.register_schema("orders-value", Schema(AVRO, "AVRO"))
+    incompatible = Schema(AVRO_NEW_FIELD_NO_DEFAULT, "AVRO")
+    assert client.test_compatibility("orders-value", incompatible) is False
+    assert client.test_compatibility("orders-value", Schema(AVRO_NEW_FIELD_WITH_DEFAULT, "AVRO")) is True
+    client.set_compatibility("orders-value", "NONE")
+    assert client.test_compatibility("orders-value", incompatible) is True
+    client.register_schema("orders-value", incompatible)
+    assert error_code_of(lambda: client.set_compatibility("orders-value", "SIDEWAYS")) == 42203
+
+
+def test_a_subject_without_its_own_level_answers_40408(client):
+    client.register_schema("orders-value", Schema(AVRO, "AVRO"))
+    assert error_code_of(lambda: client.get_compatibility("orders-value")) == 40408
+
+
+def test_avro_referring_to_a_type_of_another_subject_round_trips_through_confluent_serializers(client):
+    money = json.dumps({"type": "record", "name": "Money", "namespace": "shop.v1",
+                        "fields": [{"name": "cents", "type": "long"}]})
+    priced = json.dumps({"type": "record", "name": "Priced", "namespace": "shop.v1",
+                         "fields": [{"name": "price", "type": "shop.v1.Money"}]})
+    client.register_schema("money", Schema(money, "AVRO"))
+    reference = SchemaReference("shop.v1.Money", "money", 1)
+    schema_id = client.register_schema("orders-value", Schema(priced, "AVRO", [reference]))
+    fetched = client.get_schema(schema_id)
+    assert [(r.name, r.subject, r.version) for r in fetched.references] == [("shop.v1.Money", "money", 1)]
+    serializer = AvroSerializer(client, Schema(priced, "AVRO", [reference]),
+                                conf={"auto.register.schemas": False, "use.latest.version": True})
+    data = serializer({"price": {"cents": 1999}}, VALUE)
+    assert AvroDeserializer(client)(data, VALUE) == {"price": {"cents": 1999}}
+
 def test_register_answers_an_id_that_get_schema_serves_back(client):
     schema_id = client.register_schema("orders-value", Schema(AVRO, "AVRO"))
     fetched = client.get_schema(schema_id)
@@ -121,12 +177,14 @@ def test_register_answers_an_id_that_get_schema_serves_back(client):
 def test_identical_schemas_share_an_id_across_subjects(client):
     a = client.register_schema("a-value", Schema(AVRO, "AVRO"))
     b = client.register_schema("b-value", Schema(AVRO, "AVRO"))
+    client.set_compatibility("b-value", "NONE")
     other = client.register_schema("b-value", Schema(JSON_SCHEMA, "JSON"))
     assert a == b != other
 
 
 def test_latest_and_numbered_versions_answer_subject_version_id_and_schema(client):
     first = client.register_schema("orders-value", Schema(AVRO, "AVRO"))
+    client.set_compatibility("orders-value", "NONE")
     second = client.register_schema("orders-value", Schema(JSON_SCHEMA, "JSON"))
     latest = client.get_latest_version("orders-value")
     assert (latest.subject, latest.version, latest.schema_id) == ("orders-value", 2, second)

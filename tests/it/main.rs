@@ -17,6 +17,8 @@ mod limits;
 mod mock_cluster;
 mod operators;
 mod order_verdict;
+mod references;
+mod registry_compat;
 mod secrets;
 mod serialization;
 mod serialization_failures;

@@ -82,10 +82,12 @@ async fn main() -> ExitCode {
         let id = double.register(&subject, &schema_type, &text);
         eprintln!("registered {subject} ({schema_type}) as id {id}");
     }
+    // Handle SIGTERM before announcing the URL: a parent that signals as soon as it reads the
+    // line must not kill us with the default action (this raced in the binary's own test).
+    let mut terminate = signal(SignalKind::terminate()).expect("can handle SIGTERM");
     println!("listening on {}", double.url());
     let _ = std::io::stdout().flush();
 
-    let mut terminate = signal(SignalKind::terminate()).expect("can handle SIGTERM");
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -7,6 +7,7 @@
 //! per [`WINDOW`]; the next one written says how many were suppressed meanwhile.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ pub(crate) const WINDOW: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub(crate) struct RateLimiter {
     kinds: Mutex<HashMap<String, (Instant, u64)>>,
+    written: AtomicU64,
+    suppressed: AtomicU64,
 }
 
 impl RateLimiter {
@@ -32,13 +35,16 @@ impl RateLimiter {
         match kinds.get_mut(kind) {
             Some((last, suppressed)) if now.duration_since(*last) < WINDOW => {
                 *suppressed += 1;
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
                 None
             }
             Some((last, suppressed)) => {
+                self.written.fetch_add(1, Ordering::Relaxed);
                 *last = now;
                 Some(std::mem::take(suppressed))
             }
             None => {
+                self.written.fetch_add(1, Ordering::Relaxed);
                 kinds.insert(kind.to_owned(), (now, 0));
                 Some(0)
             }
@@ -71,6 +77,17 @@ impl KafkaHealth {
             info!(since = %since.to_rfc3339(), down_for = ?down_for,
                 "Kafka answers again");
         }
+    }
+
+    /// librdkafka lines written and suppressed since start, and how many kinds were seen.
+    pub fn lines(&self) -> (u64, u64, usize) {
+        let l = &self.limiter;
+        let kinds = l.kinds.lock().unwrap_or_else(|e| e.into_inner()).len();
+        (
+            l.written.load(Ordering::Relaxed),
+            l.suppressed.load(Ordering::Relaxed),
+            kinds,
+        )
     }
 
     /// Since when Kafka has been unreachable, if it is.
@@ -146,5 +163,40 @@ mod tests {
         assert_eq!(limiter.admit("b", t0), Some(0), "kinds are counted apart");
         assert_eq!(limiter.admit("a", t0 + WINDOW), Some(50));
         assert_eq!(limiter.admit("a", t0 + WINDOW), None);
+    }
+
+    #[tokio::test]
+    async fn a_producer_facing_a_closed_port_says_once_that_kafka_is_unreachable_and_rate_limits_librdkafka(
+    ) {
+        let health = Arc::new(KafkaHealth::default());
+        let producer: rdkafka::producer::FutureProducer<RelayContext> =
+            rdkafka::config::ClientConfig::new()
+                .set("bootstrap.servers", "127.0.0.1:1")
+                .set("reconnect.backoff.ms", "10")
+                .set("reconnect.backoff.max.ms", "10")
+                .create_with_context(RelayContext(Arc::clone(&health)))
+                .unwrap();
+        let delivery = producer
+            .send_result(rdkafka::producer::FutureRecord::<(), _>::to("t").payload("x"))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (written, suppressed, kinds) = health.lines();
+        println!(
+            "librdkafka lines in 3 s: {written} written, {suppressed} suppressed, {kinds} kinds"
+        );
+        assert!(
+            health.unreachable_since().is_some(),
+            "the relay said Kafka is unreachable"
+        );
+        assert_eq!(
+            written as usize, kinds,
+            "one line per kind within the window"
+        );
+        assert!(
+            suppressed > 0,
+            "librdkafka repeated itself and was held back"
+        );
+        drop(delivery);
     }
 }

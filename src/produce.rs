@@ -14,6 +14,9 @@ use crate::config::{HeadersConfig, KafkaConfig};
 use crate::outbox::ClaimedRow;
 use crate::serialize::Encoded;
 
+mod context;
+pub use context::{KafkaHealth, RelayContext};
+
 /// What the relay does about a failed row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -23,6 +26,9 @@ pub enum Disposition {
     Park,
     /// Not the row's fault (Kafka unreachable, authentication): pause, cost nothing.
     Outage,
+    /// Not the row's fault, and about its topic only (the topic's authorization): back off that
+    /// topic's rows, cost nothing, let every other topic flow.
+    Defer,
 }
 
 /// Classifies a Kafka error once, at this boundary.
@@ -30,7 +36,8 @@ pub enum Disposition {
 /// | error | disposition |
 /// |---|---|
 /// | message too large, invalid record/message/timestamp, invalid topic, record list too large | Park |
-/// | all brokers down, authentication/authorization, SSL, broker transport failures | Outage |
+/// | topic authorization failed | Defer |
+/// | all brokers down, authentication, cluster authorization, SSL, fatal | Outage |
 /// | anything else (timeouts, not enough replicas, leader changes, unknown topic) | Retry |
 ///
 /// A `Retry` while Kafka does not answer a metadata request is turned into `Outage` by the
@@ -56,10 +63,10 @@ pub fn classify(err: &KafkaError) -> Disposition {
         C::AllBrokersDown
         | C::Authentication
         | C::SaslAuthenticationFailed
-        | C::TopicAuthorizationFailed
         | C::ClusterAuthorizationFailed
         | C::SSL
         | C::Fatal => Disposition::Outage,
+        C::TopicAuthorizationFailed => Disposition::Defer,
         _ => Disposition::Retry,
     }
 }
@@ -91,10 +98,12 @@ pub enum ProduceError {
 }
 
 impl ProduceError {
-    /// Kafka (the broker or librdkafka) found the record, or the batch it was in, too large.
-    pub fn is_message_too_large(&self) -> bool {
-        matches!(self, Self::Kafka(e)
-            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge))
+    /// The Kafka error code, when Kafka (the broker or librdkafka) refused the record.
+    pub fn kafka_code(&self) -> Option<RDKafkaErrorCode> {
+        match self {
+            Self::Kafka(e) => e.rdkafka_error_code(),
+            Self::BadRow(_) => None,
+        }
     }
 
     pub fn disposition(&self) -> Disposition {
@@ -118,7 +127,8 @@ pub async fn delivery_report(delivery: DeliveryFuture) -> Result<(i32, i64), Pro
 #[derive(Clone)]
 pub struct Producer {
     /// Replaced by a new producer after a fatal error (see [`Producer::probe`]).
-    inner: Arc<RwLock<FutureProducer>>,
+    inner: Arc<RwLock<FutureProducer<RelayContext>>>,
+    health: Arc<KafkaHealth>,
     client_config: ClientConfig,
     headers: HeadersConfig,
     metadata_timeout: Duration,
@@ -127,15 +137,29 @@ pub struct Producer {
 impl Producer {
     pub fn new(kafka: &KafkaConfig, headers: &HeadersConfig) -> Result<Self, KafkaError> {
         let client_config = client_config(kafka);
+        let health = Arc::new(KafkaHealth::default());
         Ok(Self {
-            inner: Arc::new(RwLock::new(client_config.create()?)),
+            inner: Arc::new(RwLock::new(Self::create(&client_config, &health)?)),
+            health,
             client_config,
             headers: headers.clone(),
             metadata_timeout: Duration::from_millis(kafka.metadata_timeout_ms),
         })
     }
 
-    fn current(&self) -> FutureProducer {
+    fn create(
+        client_config: &ClientConfig,
+        health: &Arc<KafkaHealth>,
+    ) -> Result<FutureProducer<RelayContext>, KafkaError> {
+        client_config.create_with_context(RelayContext(Arc::clone(health)))
+    }
+
+    /// What librdkafka told us about the cluster.
+    pub fn health(&self) -> &KafkaHealth {
+        &self.health
+    }
+
+    fn current(&self) -> FutureProducer<RelayContext> {
         self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -152,7 +176,7 @@ impl Producer {
         if let Some((code, reason)) = inner.client().fatal_error() {
             tracing::error!(error = %reason, ?code,
                 "the Kafka producer hit a fatal error; replacing it with a new producer");
-            *inner = self.client_config.create()?;
+            *inner = Self::create(&self.client_config, &self.health)?;
         }
         Ok(())
     }
@@ -332,7 +356,7 @@ mod tests {
             (C::InvalidTopic, Disposition::Park),
             (C::AllBrokersDown, Disposition::Outage),
             (C::SaslAuthenticationFailed, Disposition::Outage),
-            (C::TopicAuthorizationFailed, Disposition::Outage),
+            (C::TopicAuthorizationFailed, Disposition::Defer),
             (C::MessageTimedOut, Disposition::Retry),
             (C::RequestTimedOut, Disposition::Retry),
             (C::NotEnoughReplicas, Disposition::Retry),

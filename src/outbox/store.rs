@@ -144,6 +144,7 @@ pub struct Outbox {
     mark_delivered_sql: String,
     reschedule_sql: String,
     park_sql: String,
+    defer_topic_sql: String,
 }
 
 impl Outbox {
@@ -224,6 +225,18 @@ impl Outbox {
              FROM unnest($1::bigint[], $2::text[], $3::bool[]) AS f(id, error, holds) \
              WHERE o.id = f.id AND o.status = 'pending'"
         );
+        // A topic refuses us (e.g. its authorization): push every pending row of it that no
+        // other batch holds, without an attempt (not the rows' fault). Per-key order holds: a
+        // later row of a deferred key stays out of every claim while its earlier row is pending
+        // outside that claim (the claim's second rule), whatever their attempts.
+        let defer_topic_sql = format!(
+            "UPDATE {t} AS o SET \
+                 next_attempt_at = greatest(o.next_attempt_at, \
+                     clock_timestamp() + make_interval(secs => $2)), \
+                 last_error = $3 \
+             WHERE o.id IN (SELECT p.id FROM {t} p \
+                 WHERE p.status = 'pending' AND p.topic = $1 FOR UPDATE SKIP LOCKED)"
+        );
         Self {
             pool,
             table,
@@ -231,6 +244,7 @@ impl Outbox {
             mark_delivered_sql,
             reschedule_sql,
             park_sql,
+            defer_topic_sql,
         }
     }
 
@@ -393,6 +407,24 @@ impl Outbox {
             .bind(&ids)
             .bind(&errors)
             .bind(&holds)
+            .execute(&mut **tx)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Defers every pending row of `topic` not held by another batch by `delay`, without
+    /// counting an attempt; returns how many rows moved.
+    pub async fn defer_topic(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        topic: &str,
+        delay: Duration,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(&self.defer_topic_sql)
+            .bind(topic)
+            .bind(delay.as_secs_f64())
+            .bind(reason)
             .execute(&mut **tx)
             .await?;
         Ok(done.rows_affected())

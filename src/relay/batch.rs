@@ -5,14 +5,24 @@
 //! fails before reaching Kafka (unserializable, refused by librdkafka) or is held back (registry
 //! outage), the later rows of that key in this batch are not handed over either: they stay
 //! pending, untouched, and the claim's key rules decide when they go.
+//!
+//! A refusal Kafka makes about a whole record batch (too large, invalid timestamp, invalid
+//! record, ...) fails every record of that batch with the same code: when several rows of one
+//! topic share such a verdict, they are sent again one at a time (bounded by
+//! [`ISOLATE_MAX_ROWS`] and [`ISOLATE_BUDGET`]; rows beyond the bound stay pending, untouched),
+//! so only the culprit is parked.
+//!
+//! A refusal about a topic (its authorization) defers that topic's rows, without an attempt,
+//! and lets every other topic flow; see [`Shared::defer_delay`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::DeliveryFuture;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Shared;
 use crate::config::OnParked;
@@ -23,6 +33,39 @@ use crate::serialize::SerializeError;
 
 /// How long a batch waits for the dead-letter copies of its parked rows.
 const DEAD_LETTER_WAIT: Duration = Duration::from_secs(10);
+
+/// At most this many rows of one batch are sent again one at a time to find a culprit.
+const ISOLATE_MAX_ROWS: usize = 100;
+/// And for at most this long in all.
+const ISOLATE_BUDGET: Duration = Duration::from_secs(30);
+
+/// A deferred topic's first delay, doubled per deferral in a row, up to [`DEFER_MAX`].
+const DEFER_MIN: Duration = Duration::from_secs(1);
+const DEFER_MAX: Duration = Duration::from_secs(60);
+
+/// A topic whose rows are deferred, and since how many deferrals in a row.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Deferral {
+    until: Instant,
+    streak: u32,
+}
+
+/// Why a store write failed, and whether Kafka had acknowledged rows of the batch.
+#[derive(Debug)]
+pub(super) struct BatchError {
+    pub(super) error: StoreError,
+    /// Rows Kafka acknowledged that could not be recorded: they stay pending and go again.
+    pub(super) acknowledged: usize,
+}
+
+impl From<StoreError> for BatchError {
+    fn from(error: StoreError) -> Self {
+        Self {
+            error,
+            acknowledged: 0,
+        }
+    }
+}
 
 /// What a batch ended in.
 #[derive(Debug, Default)]
@@ -39,9 +82,9 @@ struct Failure {
     index: usize,
     reason: String,
     disposition: Disposition,
-    /// Kafka refused the record batch this row travelled in as too large: maybe because of
-    /// another record of that batch.
-    batch_too_large: bool,
+    /// Kafka's code when Kafka refused the record (or the record batch it travelled in, maybe
+    /// because of another record of that batch).
+    kafka_code: Option<RDKafkaErrorCode>,
 }
 
 impl Failure {
@@ -50,7 +93,7 @@ impl Failure {
             index,
             reason: capped(&e.to_string(), REASON_MAX_BYTES).into_owned(),
             disposition: e.disposition(),
-            batch_too_large: false,
+            kafka_code: None,
         }
     }
 }
@@ -81,7 +124,7 @@ impl Shared {
         }
     }
 
-    pub(super) async fn run_batch(&self) -> Result<BatchOutcome, StoreError> {
+    pub(super) async fn run_batch(&self) -> Result<BatchOutcome, BatchError> {
         let mut tx = self.outbox.begin().await?;
         let rows = self.outbox.claim(&mut tx, self.config.batch_size).await?;
         if rows.is_empty() {
@@ -98,10 +141,20 @@ impl Shared {
         let mut failures: Vec<Failure> = Vec::new();
         let mut blocked: HashSet<(&str, &str)> = HashSet::new();
         let mut untouched = 0usize;
+        // Topics to defer in this batch, with the reason.
+        let mut defer: HashMap<&str, String> = HashMap::new();
         for (index, row) in rows.iter().enumerate() {
             let key = row.key.as_deref().map(|k| (row.topic.as_str(), k));
             if outcome.registry_outage.is_some() || key.is_some_and(|k| blocked.contains(&k)) {
                 untouched += 1;
+                continue;
+            }
+            if defer.contains_key(row.topic.as_str()) {
+                continue;
+            }
+            if let Some(reason) = self.deferred_reason(&row.topic) {
+                // The topic refused us a moment ago: do not ask again before its delay is over.
+                defer.insert(&row.topic, reason);
                 continue;
             }
             match self.hand_over(row).await {
@@ -133,24 +186,37 @@ impl Shared {
             match result {
                 Ok((partition, offset)) => delivered.push((index, partition, offset)),
                 Err(e) => failures.push(Failure {
-                    batch_too_large: e.is_message_too_large(),
+                    kafka_code: e.kafka_code(),
                     ..Failure::new(index, &e)
                 }),
             }
         }
-        // 2b. Kafka refuses a whole record batch when one record of it is too large, and
-        //     librdkafka fails every record of that batch with the same error: parking them
-        //     all would park innocent rows. Send those rows again one at a time.
-        let suspects: Vec<usize> = failures
-            .iter()
-            .filter(|f| f.batch_too_large)
-            .map(|f| f.index)
-            .collect();
-        if suspects.len() > 1 {
-            failures.retain(|f| !f.batch_too_large);
+        // 2b. Kafka refuses a whole record batch when one record of it is refused (too large,
+        //     invalid timestamp, invalid record, ...), and librdkafka fails every record of that
+        //     batch with the same error: parking them all would park innocent rows. Send the
+        //     rows sharing such a verdict again one at a time.
+        let suspects = isolation_suspects(&rows, &failures);
+        if !suspects.is_empty() {
+            failures.retain(|f| !suspects.contains(&f.index));
             untouched += self
                 .one_at_a_time(&rows, suspects, &mut delivered, &mut failures)
                 .await;
+        }
+        // 2c. A topic that refuses us is deferred as a whole.
+        failures.retain(|f| {
+            if f.disposition != Disposition::Defer {
+                return true;
+            }
+            defer
+                .entry(rows[f.index].topic.as_str())
+                .or_insert_with(|| f.reason.clone());
+            false
+        });
+        for &(index, _, _) in &delivered {
+            self.topic_accepts(&rows[index].topic);
+        }
+        if !delivered.is_empty() {
+            self.producer.health().kafka_answers();
         }
         self.note_out_of_order(&rows, &delivered, &failures);
 
@@ -179,6 +245,7 @@ impl Shared {
                     outcome.kafka_outage = true;
                     untouched += 1;
                 }
+                Disposition::Defer => unreachable!("deferred rows were taken out above"),
                 Disposition::Park => park.push((
                     f.index,
                     Parked {
@@ -217,7 +284,15 @@ impl Shared {
                 offset,
             })
             .collect();
-        let marked = self.outbox.mark_delivered(&mut tx, &marks).await?;
+        let acknowledged = |error| BatchError {
+            error,
+            acknowledged: marks.len(),
+        };
+        let marked = self
+            .outbox
+            .mark_delivered(&mut tx, &marks)
+            .await
+            .map_err(acknowledged)?;
         if marked != marks.len() as u64 {
             error!(
                 acknowledged = marks.len(),
@@ -226,15 +301,28 @@ impl Shared {
                  acknowledged rows that were no longer pending were left as they are"
             );
         }
-        self.outbox.reschedule(&mut tx, &retry).await?;
+        self.outbox
+            .reschedule(&mut tx, &retry)
+            .await
+            .map_err(acknowledged)?;
         let parked: Vec<Parked> = park.iter().map(|(_, p)| p.clone()).collect();
-        self.outbox.park(&mut tx, &parked).await?;
+        self.outbox
+            .park(&mut tx, &parked)
+            .await
+            .map_err(acknowledged)?;
+        let mut deferred = 0;
+        for (topic, reason) in &defer {
+            let delay = self.defer_delay(topic, reason);
+            let reason = format!("deferred (not counted as an attempt): {reason}");
+            deferred += self
+                .outbox
+                .defer_topic(&mut tx, topic, delay, &reason)
+                .await
+                .map_err(acknowledged)?;
+        }
         self.dead_letter(&rows, &park).await;
         if let Err(e) = tx.commit().await {
-            error!(error = %e, acknowledged = marks.len(),
-                "could not record acknowledged rows; they stay pending and will be produced \
-                 again (duplicates carry the same event_id)");
-            return Err(StoreError::from(e));
+            return Err(acknowledged(StoreError::from(e)));
         }
 
         let c = &self.counters;
@@ -246,6 +334,7 @@ impl Shared {
             delivered = marks.len(),
             retried = retry.len(),
             parked = park.len(),
+            deferred,
             untouched,
             "batch done"
         );
@@ -264,10 +353,19 @@ impl Shared {
         indexes.sort_unstable();
         let mut blocked: HashSet<(&str, &str)> = HashSet::new();
         let mut untouched = 0;
-        for index in indexes {
+        let deadline = Instant::now() + ISOLATE_BUDGET;
+        for (n, index) in indexes.into_iter().enumerate() {
             let row = &rows[index];
             let key = row.key.as_deref().map(|k| (row.topic.as_str(), k));
             if key.is_some_and(|k| blocked.contains(&k)) {
+                untouched += 1;
+                continue;
+            }
+            if n >= ISOLATE_MAX_ROWS || Instant::now() >= deadline {
+                // Beyond the bound: pending, untouched, tried again by a later batch.
+                if let Some(k) = key {
+                    blocked.insert(k);
+                }
                 untouched += 1;
                 continue;
             }
@@ -293,6 +391,46 @@ impl Shared {
             }
         }
         untouched
+    }
+
+    /// The reason `topic` is deferred, while it is.
+    fn deferred_reason(&self, topic: &str) -> Option<String> {
+        let deferrals = self.deferrals.lock().unwrap_or_else(|e| e.into_inner());
+        deferrals
+            .get(topic)
+            .filter(|d| d.until > Instant::now())
+            .map(|d| format!("topic {topic:?} refused the relay's last records; waiting until its delay is over (deferral {} in a row)", d.streak))
+    }
+
+    /// How long to defer `topic`'s rows now: what is left of a deferral another batch armed, or
+    /// a new one (1 s doubling to 60 s per deferral in a row), said once in the log.
+    fn defer_delay(&self, topic: &str, reason: &str) -> Duration {
+        let now = Instant::now();
+        let mut deferrals = self.deferrals.lock().unwrap_or_else(|e| e.into_inner());
+        let d = deferrals.entry(topic.to_owned()).or_insert(Deferral {
+            until: now,
+            streak: 0,
+        });
+        if d.until > now {
+            return d.until - now;
+        }
+        d.streak += 1;
+        let delay = DEFER_MIN
+            .saturating_mul(1 << (d.streak - 1).min(16))
+            .min(DEFER_MAX);
+        d.until = now + delay;
+        warn!(%topic, error = %reason, retry_in = ?delay, deferrals_in_a_row = d.streak,
+            "Kafka refuses this topic; its rows are deferred (no attempt counted) and every \
+             other topic goes on");
+        delay
+    }
+
+    /// A row of `topic` was delivered: the topic is no longer deferred.
+    fn topic_accepts(&self, topic: &str) {
+        let mut deferrals = self.deferrals.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = deferrals.remove(topic) {
+            info!(%topic, deferrals = d.streak, "Kafka accepts this topic's records again");
+        }
     }
 
     /// librdkafka can fail one record and still deliver a later one of the same partition;
@@ -363,4 +501,25 @@ impl Shared {
             }
         }
     }
+}
+
+/// The rows to send again one at a time: those whose Kafka refusal is a Park verdict shared
+/// with another row of the same topic (a refusal of the record batch they travelled in).
+fn isolation_suspects(rows: &[ClaimedRow], failures: &[Failure]) -> Vec<usize> {
+    let mut groups: HashMap<(&str, i32), Vec<usize>> = HashMap::new();
+    for f in failures {
+        if let (Disposition::Park, Some(code)) = (f.disposition, f.kafka_code) {
+            groups
+                .entry((rows[f.index].topic.as_str(), code as i32))
+                .or_default()
+                .push(f.index);
+        }
+    }
+    let mut suspects: Vec<usize> = groups
+        .into_values()
+        .filter(|g| g.len() > 1)
+        .flatten()
+        .collect();
+    suspects.sort_unstable();
+    suspects
 }

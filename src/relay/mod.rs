@@ -73,6 +73,8 @@ struct Shared {
     kafka_down: AtomicBool,
     registry_down: AtomicBool,
     probe_lock: Mutex<()>,
+    /// Topics whose rows are deferred because Kafka refuses the topic.
+    deferrals: std::sync::Mutex<std::collections::HashMap<String, batch::Deferral>>,
     counters: Counters,
 }
 
@@ -94,6 +96,7 @@ impl Relay {
                 kafka_down: AtomicBool::new(true),
                 registry_down: AtomicBool::new(false),
                 probe_lock: Mutex::new(()),
+                deferrals: std::sync::Mutex::default(),
                 counters: Counters::default(),
             }),
         })
@@ -185,11 +188,20 @@ impl Shared {
                         sleep_unless_cancelled(self.config.poll_interval(), &shutdown).await;
                     }
                 }
-                Err(e) if !e.is_unavailable() => return Err(e),
+                Err(e) if !e.error.is_unavailable() => return Err(e.error),
                 Err(e) => {
                     let delay = db_delays.next().unwrap_or(Duration::from_secs(10));
-                    warn!(worker, error = %e, retry_in = ?delay,
-                        "Postgres unavailable; no row was touched, retrying");
+                    if e.acknowledged > 0 {
+                        warn!(worker, error = %e.error, acknowledged = e.acknowledged,
+                            retry_in = ?delay,
+                            "Postgres unavailable after Kafka acknowledged {} row(s) of the \
+                             batch: they could not be marked delivered, stay pending and will be \
+                             produced again (duplicates carry the same event_id); retrying",
+                            e.acknowledged);
+                    } else {
+                        warn!(worker, error = %e.error, retry_in = ?delay,
+                            "Postgres unavailable; no row was touched, retrying");
+                    }
                     sleep_unless_cancelled(delay, &shutdown).await;
                 }
             }
@@ -232,6 +244,9 @@ impl Shared {
         while down.load(Ordering::SeqCst) {
             match self.probe(dependency).await {
                 Ok(()) => {
+                    if matches!(dependency, Dependency::Kafka) {
+                        self.producer.health().kafka_answers();
+                    }
                     if failures > 0 || matches!(dependency, Dependency::Registry) {
                         info!(%target, "{name} answers again; resuming");
                     } else {
@@ -242,8 +257,17 @@ impl Shared {
                 Err(e) => {
                     failures += 1;
                     let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                    warn!(%target, error = %e, retry_in = ?delay,
-                        "{name} not reachable; nothing is claimed until it answers");
+                    if matches!(dependency, Dependency::Kafka) {
+                        // Says "Kafka unreachable since …" once per outage.
+                        self.producer.health().all_brokers_down();
+                    }
+                    if failures == 1 || failures.is_multiple_of(10) {
+                        warn!(%target, error = %e, retry_in = ?delay, failures,
+                            "{name} not reachable; nothing is claimed until it answers");
+                    } else {
+                        debug!(%target, error = %e, retry_in = ?delay, failures,
+                            "{name} still not reachable");
+                    }
                     if !sleep_unless_cancelled(delay, shutdown).await {
                         return false;
                     }

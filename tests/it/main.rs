@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod harness;
 
+mod batch_refusals;
 mod catalogue;
 mod claim;
 mod cli;

@@ -14,6 +14,7 @@ mod mock_cluster;
 mod operators;
 mod outages;
 mod registry_support;
+mod registry_verdicts;
 mod serialization;
 mod serialization_failures;
 mod serialization_keys;

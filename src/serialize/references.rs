@@ -7,10 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use schema_registry_converter::async_impl::schema_registry::{get_referenced_schema, SrSettings};
-use schema_registry_converter::schema_registry_common::{RegisteredReference, RegisteredSchema};
-
-use super::registry::{classify, RegistryError};
+use super::registry::{encode_segment, Reference, Registered, Registry, RegistryError};
 use super::{avro, json_schema, protobuf, Encoder};
 use crate::config::Format;
 
@@ -27,7 +24,7 @@ pub struct Referenced {
 /// Referenced schemas by (subject, version), fetched once.
 #[derive(Default)]
 pub(crate) struct ReferenceCache {
-    by_version: RwLock<HashMap<(String, u32), Arc<RegisteredSchema>>>,
+    by_version: RwLock<HashMap<(String, u32), Arc<Registered>>>,
 }
 
 impl ReferenceCache {
@@ -35,14 +32,14 @@ impl ReferenceCache {
     /// referring schema in errors.
     pub(crate) async fn resolve(
         &self,
-        settings: &SrSettings,
-        references: &[RegisteredReference],
+        registry: &Registry,
+        references: &[Reference],
         what: &str,
     ) -> Result<Vec<Referenced>, RegistryError> {
         let mut out = Vec::new();
         // An explicit stack instead of recursion (async recursion needs boxing): each entry is
         // a reference and whether its own references were already pushed.
-        let mut stack: Vec<(RegisteredReference, bool, usize)> = references
+        let mut stack: Vec<(Reference, bool, usize)> = references
             .iter()
             .rev()
             .map(|r| (r.clone(), false, 0))
@@ -58,7 +55,7 @@ impl ReferenceCache {
                     "{what}: schema references nest deeper than {MAX_DEPTH} levels"
                 )));
             }
-            let fetched = self.fetch(settings, &reference, what).await?;
+            let fetched = self.fetch(registry, &reference, what).await?;
             if expanded || fetched.references.is_empty() {
                 seen.push(key);
                 out.push(Referenced {
@@ -77,25 +74,24 @@ impl ReferenceCache {
 
     async fn fetch(
         &self,
-        settings: &SrSettings,
-        reference: &RegisteredReference,
+        registry: &Registry,
+        reference: &Reference,
         what: &str,
-    ) -> Result<Arc<RegisteredSchema>, RegistryError> {
+    ) -> Result<Arc<Registered>, RegistryError> {
         let key = (reference.subject.clone(), reference.version);
         if let Some(s) = self.by_version.read().expect("cache lock").get(&key) {
             return Ok(Arc::clone(s));
         }
-        let fetched = get_referenced_schema(settings, reference)
-            .await
-            .map_err(|e| {
-                classify(
-                    &e,
-                    &format!(
-                        "{what}: reference `{}` (subject `{}` version {})",
-                        reference.name, reference.subject, reference.version
-                    ),
-                )
-            })?;
+        let path = format!(
+            "/subjects/{}/versions/{}",
+            encode_segment(&reference.subject),
+            reference.version
+        );
+        let about = format!(
+            "{what}: reference `{}` (subject `{}` version {})",
+            reference.name, reference.subject, reference.version
+        );
+        let fetched: Registered = registry.get(&path, &about).await?;
         let fetched = Arc::new(fetched);
         self.by_version
             .write()

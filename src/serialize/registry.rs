@@ -1,32 +1,36 @@
-//! The Schema Registry client: lookups through `schema_registry_converter` (async), behind our
-//! own caches so that in steady state no row costs a registry call.
+//! The Schema Registry client: its REST API through `reqwest`, behind our own caches so that in
+//! steady state no row costs a registry call.
 //!
-//! - by id: a schema id never changes meaning, so its encoder is cached for good;
+//! - by id: a schema id never changes meaning, so its encoder is cached for good — per (id,
+//!   format, message): a row whose topic is written in another format than the schema's type
+//!   is refused whether the id was cached or not;
 //! - by subject and pinned version: the id is cached for good too;
 //! - by subject, latest: the id is reused for `registry.latest_ttl_ms`, then asked again; while
 //!   the registry does not answer, the last answer keeps being used (and is asked again once
 //!   per TTL, not once per row).
 //!
-//! Registry errors are classified once, here: unreachable, timeouts, 5xx, 429 and refused
-//! credentials are an [`RegistryError::Outage`] (not the row's fault); an unknown subject,
-//! version or id, or an unusable schema, is the row's (or its topic's) problem and parks it.
+//! Registry answers are classified once, here, on the HTTP status first and the body's
+//! `error_code` second (see [`classify_status`]): no answer, timeouts, 5xx, 408, 429 and
+//! refused credentials (401, 403) are an [`RegistryError::Outage`] (not the row's fault); every
+//! other 4xx is about what the row asked for (its subject, version or id) and parks it, as does
+//! an unusable schema. Subjects are percent-encoded in request paths and bounded in length
+//! ([`MAX_SUBJECT_LEN`]).
 
 use std::collections::HashMap;
-use std::error::Error as _;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use schema_registry_converter::async_impl::schema_registry::{
-    get_all_subjects, get_schema_by_id, get_schema_by_subject_and_version, post_schema, SrSettings,
-};
-use schema_registry_converter::error::SRCError;
-use schema_registry_converter::schema_registry_common::{
-    RawError, RegisteredSchema, SchemaType, SuppliedSchema,
-};
+use serde::Deserialize;
 
 use super::Encoder;
 use crate::config::{Format, RegistryConfig};
+
+/// The longest subject name the relay asks the registry for. A longer one (from a row's
+/// `value_subject`) is refused before any request, so that the row is parked with a reason
+/// rather than drawing a 414 or a truncated lookup.
+pub const MAX_SUBJECT_LEN: usize = 255;
 
 /// What went wrong talking to the registry, sorted by what the relay must do.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -39,6 +43,143 @@ pub enum RegistryError {
     Refused(String),
 }
 
+/// What a registry HTTP status means for the relay, before any text is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The registry (or the way to it) is not working: pause, touch no row.
+    Outage,
+    /// The registry refused our credentials: pause, touch no row; the operator must act.
+    Credentials,
+    /// The registry answered about what was asked (a subject, version or id): park the row.
+    Refused,
+}
+
+/// Sorts an HTTP status from the registry. The status decides; the body only adds words.
+pub fn classify_status(status: u16) -> Verdict {
+    match status {
+        401 | 403 => Verdict::Credentials,
+        // Request timeout and rate limiting are the registry's state, not the row's.
+        408 | 429 => Verdict::Outage,
+        400..=499 => Verdict::Refused,
+        // 5xx, and anything a registry should not answer (1xx, 3xx after redirects).
+        _ => Verdict::Outage,
+    }
+}
+
+/// A registry error body: Confluent's `{"error_code": 40401, "message": "…"}`; either part may
+/// be missing (a real registry's 401 may carry only `message`), or the body may not be JSON.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    error_code: Option<i64>,
+    message: Option<String>,
+}
+
+/// The words for a failed answer: its message and error code when the body has them.
+fn describe(status: u16, body: &str) -> String {
+    let parsed: ErrorBody = serde_json::from_str(body).unwrap_or_default();
+    let message = parsed
+        .message
+        .map(|m| m.trim().trim_end_matches('.').to_owned())
+        .filter(|m| !m.is_empty());
+    let mut text = match message {
+        Some(m) => m,
+        None => {
+            // No JSON message: a short, single-line excerpt of what came back.
+            let excerpt: String = body.chars().take(200).collect();
+            let excerpt = excerpt.split_whitespace().collect::<Vec<_>>().join(" ");
+            if excerpt.is_empty() {
+                "no message".to_owned()
+            } else {
+                excerpt
+            }
+        }
+    };
+    match parsed.error_code {
+        Some(code) => {
+            let _ = write!(text, " (HTTP {status}, error {code})");
+        }
+        None => {
+            let _ = write!(text, " (HTTP {status})");
+        }
+    }
+    text
+}
+
+/// The registry error for an HTTP answer `status` with `body`; `what` names what was asked.
+pub fn classify(status: u16, body: &str, what: &str) -> RegistryError {
+    let detail = describe(status, body);
+    match classify_status(status) {
+        Verdict::Refused => RegistryError::Refused(format!("{what}: {detail}")),
+        Verdict::Credentials => RegistryError::Outage(format!(
+            "{what}: the registry refused our credentials: {detail}; check registry.username \
+             and registry.password"
+        )),
+        Verdict::Outage => RegistryError::Outage(format!("{what}: {detail}")),
+    }
+}
+
+/// Percent-encodes one path segment: everything but RFC 3986's unreserved characters, so
+/// that `/`, `?`, `#` and `%` in a subject stay inside its segment.
+pub fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Refuses a subject the relay will not ask for.
+fn check_subject(subject: &str) -> Result<(), RegistryError> {
+    let chars = subject.chars().count();
+    if subject.is_empty() {
+        return Err(RegistryError::Refused("the subject name is empty".into()));
+    }
+    if chars > MAX_SUBJECT_LEN {
+        let start: String = subject.chars().take(40).collect();
+        return Err(RegistryError::Refused(format!(
+            "subject `{start}…` is {chars} characters long; the limit is {MAX_SUBJECT_LEN}"
+        )));
+    }
+    Ok(())
+}
+
+/// A schema as the registry serves it (`/schemas/ids/{id}`, `/subjects/{s}/versions/{v}`).
+#[derive(Debug, Deserialize)]
+pub(crate) struct Registered {
+    #[serde(default)]
+    id: Option<u32>,
+    pub(crate) schema: String,
+    /// Absent means Avro.
+    #[serde(default, rename = "schemaType")]
+    schema_type: Option<String>,
+    #[serde(default)]
+    pub(crate) references: Vec<Reference>,
+}
+
+/// A schema reference as the registry serves it: the name the referring schema uses, and the
+/// subject and version it names.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Reference {
+    pub(crate) name: String,
+    pub(crate) subject: String,
+    pub(crate) version: u32,
+}
+
+impl Registered {
+    fn schema_type(&self) -> &str {
+        self.schema_type.as_deref().unwrap_or("AVRO")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisteredId {
+    id: u32,
+}
+
 /// A schema as the relay uses it: its registry id and a ready encoder.
 #[derive(Debug)]
 pub struct Schema {
@@ -46,8 +187,9 @@ pub struct Schema {
     pub encoder: Encoder,
 }
 
-/// A schema id, and the Protobuf message chosen in it (None: the first, or not Protobuf).
-type SchemaKey = (u32, Option<String>);
+/// A schema id, the format it is used for (its registry schema type), and the Protobuf message
+/// chosen in it (None: the first, or not Protobuf).
+type SchemaKey = (u32, &'static str, Option<String>);
 
 #[derive(Default)]
 struct SubjectCache {
@@ -57,7 +199,9 @@ struct SubjectCache {
 
 /// A Schema Registry with caches.
 pub struct Registry {
-    settings: SrSettings,
+    client: reqwest::Client,
+    username: String,
+    password: Option<String>,
     url: String,
     latest_ttl: Duration,
     by_id: RwLock<HashMap<SchemaKey, Arc<Schema>>>,
@@ -71,17 +215,14 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+const ACCEPT: &str = "application/vnd.schemaregistry.v1+json, application/json";
+
 impl Registry {
     /// Builds the HTTP client (basic auth, CA file, timeout); contacts nothing.
     pub fn new(config: &RegistryConfig) -> Result<Self, String> {
         let url = config.url.trim().trim_end_matches('/').to_owned();
-        let mut builder = SrSettings::new_builder(url.clone());
-        if !config.username.is_empty() {
-            let password = Some(config.password.expose()).filter(|p| !p.is_empty());
-            builder.set_basic_authorization(&config.username, password);
-        }
-        builder.set_timeout(Duration::from_millis(config.timeout_ms));
-        let mut client = reqwest::Client::builder();
+        let mut client =
+            reqwest::Client::builder().timeout(Duration::from_millis(config.timeout_ms));
         if let Some(ca) = &config.ca_location {
             let pem = std::fs::read(ca)
                 .map_err(|e| format!("cannot read registry.ca_location {}: {e}", ca.display()))?;
@@ -89,11 +230,13 @@ impl Registry {
                 .map_err(|e| format!("registry.ca_location {}: {e}", ca.display()))?;
             client = client.add_root_certificate(cert);
         }
-        let settings = builder
-            .build_with(client)
-            .map_err(|e| format!("cannot build the registry client: {}", e.error))?;
+        let client = client
+            .build()
+            .map_err(|e| format!("cannot build the registry client: {e}"))?;
         Ok(Self {
-            settings,
+            client,
+            username: config.username.clone(),
+            password: Some(config.password.expose().to_owned()).filter(|p| !p.is_empty()),
             url,
             latest_ttl: Duration::from_millis(config.latest_ttl_ms),
             by_id: RwLock::default(),
@@ -106,12 +249,64 @@ impl Registry {
         &self.url
     }
 
+    /// One request; `path` is already encoded. Ok(body) on 2xx, the classified error otherwise.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+        what: &str,
+    ) -> Result<String, RegistryError> {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .header(reqwest::header::ACCEPT, ACCEPT);
+        if !self.username.is_empty() {
+            request = request.basic_auth(&self.username, self.password.as_deref());
+        }
+        if let Some(body) = body {
+            request = request
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/vnd.schemaregistry.v1+json",
+                )
+                .body(body);
+        }
+        let response = request.send().await.map_err(|e| no_answer(&e, what))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|e| no_answer(&e, what))?;
+        if (200..300).contains(&status) {
+            Ok(text)
+        } else {
+            Err(classify(status, &text, what))
+        }
+    }
+
+    /// A JSON answer of type `T`; an unreadable 2xx body is the registry's fault (outage).
+    pub(crate) async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<T, RegistryError> {
+        let text = self.call(reqwest::Method::GET, path, None, what).await?;
+        serde_json::from_str(&text).map_err(|e| {
+            RegistryError::Outage(format!(
+                "{what}: the registry's answer is not readable: {e}"
+            ))
+        })
+    }
+
     /// Does the registry answer (`GET /subjects`)?
     pub async fn probe(&self) -> Result<(), RegistryError> {
-        get_all_subjects(&self.settings)
+        self.get::<serde_json::Value>("/subjects", "listing subjects")
             .await
             .map(|_| ())
-            .map_err(|e| classify(&e, "listing subjects"))
+            // Whatever the probe is told, it is not a row's fault: an answer that is not 2xx
+            // means the registry is not usable yet.
+            .map_err(|e| match e {
+                RegistryError::Refused(why) => RegistryError::Outage(why),
+                outage => outage,
+            })
     }
 
     /// The schema with this id, for a topic written in `format`.
@@ -121,15 +316,13 @@ impl Registry {
         format: Format,
         message: Option<&str>,
     ) -> Result<Arc<Schema>, RegistryError> {
-        let key = (id, message.map(str::to_owned));
+        let key = (id, format.schema_type(), message.map(str::to_owned));
         if let Some(s) = self.by_id.read().expect("cache lock").get(&key) {
             return Ok(Arc::clone(s));
         }
-        let registered = get_schema_by_id(id, &self.settings)
-            .await
-            .map_err(|e| classify(&e, &format!("schema id {id}")))?;
-        self.remember(registered, id, format, message, &format!("schema id {id}"))
-            .await
+        let what = format!("schema id {id}");
+        let registered: Registered = self.get(&format!("/schemas/ids/{id}"), &what).await?;
+        self.remember(registered, id, format, message, &what).await
     }
 
     /// The schema of `subject` at `version` (None: the latest), for a topic written in `format`.
@@ -140,6 +333,7 @@ impl Registry {
         format: Format,
         message: Option<&str>,
     ) -> Result<Arc<Schema>, RegistryError> {
+        check_subject(subject)?;
         let (cached, stale) = self.cached_id(subject, version);
         if let Some(id) = cached {
             return self.by_id(id, format, message).await;
@@ -148,22 +342,28 @@ impl Registry {
             Some(v) => format!("subject `{subject}` version {v}"),
             None => format!("subject `{subject}` (latest version)"),
         };
-        let registered =
-            match get_schema_by_subject_and_version(&self.settings, subject, version).await {
-                Ok(r) => r,
-                Err(e) => {
-                    return match (classify(&e, &what), stale) {
-                        // The registry is away: the last known latest is still the best answer,
-                        // and it is kept for another TTL, so that rows do not each ask again.
-                        (RegistryError::Outage(_), Some(id)) => {
-                            self.refresh_latest(subject, id);
-                            self.by_id(id, format, message).await
-                        }
-                        (err, _) => Err(err),
-                    };
-                }
-            };
-        let id = registered.id;
+        let path = format!(
+            "/subjects/{}/versions/{}",
+            encode_segment(subject),
+            version.map_or_else(|| "latest".to_owned(), |v| v.to_string())
+        );
+        let registered: Registered = match self.get(&path, &what).await {
+            Ok(r) => r,
+            Err(e) => {
+                return match (e, stale) {
+                    // The registry is away: the last known latest is still the best answer,
+                    // and it is kept for another TTL, so that rows do not each ask again.
+                    (RegistryError::Outage(_), Some(id)) => {
+                        self.refresh_latest(subject, id);
+                        self.by_id(id, format, message).await
+                    }
+                    (err, _) => Err(err),
+                };
+            }
+        };
+        let id = registered.id.ok_or_else(|| {
+            RegistryError::Outage(format!("{what}: the registry's answer has no schema id"))
+        })?;
         {
             let mut subjects = self.subjects.write().expect("cache lock");
             let entry = subjects.entry(subject.to_owned()).or_default();
@@ -207,27 +407,22 @@ impl Registry {
 
     async fn remember(
         &self,
-        registered: RegisteredSchema,
+        registered: Registered,
         id: u32,
         format: Format,
         message: Option<&str>,
         what: &str,
     ) -> Result<Arc<Schema>, RegistryError> {
-        let key = (id, message.map(str::to_owned));
+        let key = (id, format.schema_type(), message.map(str::to_owned));
         if let Some(s) = self.by_id.read().expect("cache lock").get(&key) {
             return Ok(Arc::clone(s));
         }
-        let found = schema_format(&registered.schema_type);
-        if found != Some(format) {
-            return Err(RegistryError::Refused(format!(
-                "{what} (id {id}) is a {} schema, but the topic is configured as {}",
-                type_name(&registered.schema_type),
-                format.schema_type()
-            )));
-        }
+        // The type check comes first: it holds on every path, since every cache entry is made
+        // here and keyed by the format it was checked for.
+        check_type(registered.schema_type(), format, id, what)?;
         let referenced = self
             .references
-            .resolve(&self.settings, &registered.references, what)
+            .resolve(self, &registered.references, what)
             .await?;
         let encoder =
             Encoder::build_with_references(format, &registered.schema, message, &referenced)
@@ -247,22 +442,30 @@ impl Registry {
         format: Format,
         schema: &str,
     ) -> Result<u32, RegistryError> {
-        let schema_type = match format {
-            Format::Avro => SchemaType::Avro,
-            Format::JsonSchema => SchemaType::Json,
-            Format::Protobuf => SchemaType::Protobuf,
-            Format::RawJson => {
-                return Err(RegistryError::Refused("raw-json has no schema".into()));
-            }
-        };
-        post_schema(
-            &self.settings,
-            subject.to_owned(),
-            SuppliedSchema::new(None, schema_type, schema.to_owned()),
-        )
-        .await
-        .map(|r| r.id)
-        .map_err(|e| classify(&e, &format!("registering subject `{subject}`")))
+        if format == Format::RawJson {
+            return Err(RegistryError::Refused("raw-json has no schema".into()));
+        }
+        check_subject(subject)?;
+        let mut body = serde_json::json!({ "schema": schema });
+        if format != Format::Avro {
+            body["schemaType"] = serde_json::Value::from(format.schema_type());
+        }
+        let what = format!("registering subject `{subject}`");
+        let text = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/subjects/{}/versions", encode_segment(subject)),
+                Some(body.to_string()),
+                &what,
+            )
+            .await?;
+        serde_json::from_str::<RegisteredId>(&text)
+            .map(|r| r.id)
+            .map_err(|e| {
+                RegistryError::Outage(format!(
+                    "{what}: the registry's answer is not readable: {e}"
+                ))
+            })
     }
 
     /// Registers every schema file of `dir`: `<subject>.avsc` (Avro), `<subject>.json`
@@ -295,105 +498,35 @@ impl Registry {
     }
 }
 
-fn schema_format(t: &SchemaType) -> Option<Format> {
-    match t {
-        SchemaType::Avro => Some(Format::Avro),
-        SchemaType::Json => Some(Format::JsonSchema),
-        SchemaType::Protobuf => Some(Format::Protobuf),
-        _ => None,
+/// The registry's schema type must be the topic's format.
+fn check_type(schema_type: &str, format: Format, id: u32, what: &str) -> Result<(), RegistryError> {
+    if schema_type.eq_ignore_ascii_case(format.schema_type()) {
+        return Ok(());
     }
+    Err(RegistryError::Refused(format!(
+        "{what} (id {id}) is a {schema_type} schema, but the topic is configured as {}",
+        format.schema_type()
+    )))
 }
 
-fn type_name(t: &SchemaType) -> String {
-    match t {
-        SchemaType::Avro => "AVRO".into(),
-        SchemaType::Json => "JSON".into(),
-        SchemaType::Protobuf => "PROTOBUF".into(),
-        SchemaType::Other(o) => o.clone(),
-        other => format!("{other:?}"),
-    }
-}
-
-/// The HTTP status in one of the crate's error texts ("… failed with status 404 Not Found").
-fn http_status(e: &SRCError) -> Option<u16> {
-    let rest = e.error.split("with status ").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-/// Sorts a registry error into outage or refusal, once. `what` names what was asked.
-pub fn classify(e: &SRCError, what: &str) -> RegistryError {
-    let raw = e.source().and_then(|s| s.downcast_ref::<RawError>());
-    let detail = match raw {
-        Some(r) => format!(
-            "{} (error {})",
-            r.message.trim_end_matches('.'),
-            r.error_code
-        ),
-        None => e.cause.clone().unwrap_or_else(|| e.error.clone()),
+/// No HTTP answer: connection refused, timeout, TLS, a body cut off. Never the row's fault.
+fn no_answer(e: &reqwest::Error, what: &str) -> RegistryError {
+    use std::error::Error as _;
+    let mut text = if e.is_timeout() {
+        "no answer within registry.timeout_ms".to_owned()
+    } else if e.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        "request failed".to_owned()
     };
-    match http_status(e) {
-        // Not found (40401 subject, 40402 version, 40403 schema), invalid (422), conflict (409):
-        // the registry answered, and no retry will change the answer.
-        Some(400 | 404 | 409 | 422) => RegistryError::Refused(format!("{what}: {detail}")),
-        Some(401 | 403) => RegistryError::Outage(format!(
-            "{what}: the registry refused our credentials ({detail}); check registry.username \
-             and registry.password"
-        )),
-        Some(status) => RegistryError::Outage(format!("{what}: HTTP {status}: {detail}")),
-        // No HTTP answer at all: connection refused, timeout, TLS, unreadable response.
-        None => RegistryError::Outage(format!("{what}: {detail}")),
+    let mut source = e.source();
+    while let Some(s) = source {
+        let _ = write!(text, ": {s}");
+        source = s.source();
     }
+    RegistryError::Outage(format!("{what}: {text}"))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn http_error(status: &str, code: u32, message: &str) -> SRCError {
-        SRCError::non_retryable_with_cause(
-            serde_json::from_value::<RawError>(
-                serde_json::json!({"error_code": code, "message": message}),
-            )
-            .unwrap(),
-            &format!("HTTP request to schema registry failed with status {status}"),
-        )
-    }
-
-    #[test]
-    fn not_found_and_invalid_answers_refuse_the_row() {
-        for (status, code) in [
-            ("404 Not Found", 40401),
-            ("422 Unprocessable Entity", 42201),
-        ] {
-            let e = classify(
-                &http_error(status, code, "Subject 'x' not found."),
-                "subject `x`",
-            );
-            let RegistryError::Refused(text) = e else {
-                panic!("{status} must refuse, got {e:?}");
-            };
-            assert!(
-                text.contains("subject `x`") && text.contains(&code.to_string()),
-                "{text}"
-            );
-        }
-    }
-
-    #[test]
-    fn server_errors_credentials_and_no_answer_are_outages() {
-        for status in [
-            "500 Internal Server Error",
-            "503 Service Unavailable",
-            "401 Unauthorized",
-            "429 Too Many Requests",
-        ] {
-            let e = classify(&http_error(status, 50001, "boom"), "subject `x`");
-            assert!(matches!(e, RegistryError::Outage(_)), "{status}: {e:?}");
-        }
-        let refused = SRCError::retryable_with_cause(
-            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused"),
-            "error sending request",
-        );
-        assert!(matches!(classify(&refused, "x"), RegistryError::Outage(_)));
-    }
-}
+#[path = "registry_tests.rs"]
+mod tests;

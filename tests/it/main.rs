@@ -20,6 +20,7 @@ mod operators;
 mod order_verdict;
 mod references;
 mod registry_compat;
+mod registry_verdicts;
 mod secrets;
 mod serialization;
 mod serialization_failures;

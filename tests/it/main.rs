@@ -3,6 +3,7 @@
 // Test modules share helpers through `pub` items of a private module.
 #![allow(unreachable_pub)]
 
+mod bench_smoke;
 mod catalogue;
 mod cli;
 mod crash;

@@ -265,7 +265,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             outcomes
                 .push(scenarios::sustained(common, &run, &default_writers(0, 30, 4, 100)).await?);
             outcomes
-                .push(scenarios::latency(common, &run, &default_writers(1000, 20, 4, 1)).await?);
+                .push(scenarios::latency(common, &run, &default_writers(1000, 20, 8, 1)).await?);
             "suite"
         }
         Scenario::Drain { rows } => {

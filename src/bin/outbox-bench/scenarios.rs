@@ -233,6 +233,11 @@ pub(crate) async fn sustained(
         Figure::new("sustained backlog at window start", p0 as f64, "rows"),
         Figure::new("sustained backlog at window end", p1 as f64, "rows"),
         Figure::new("sustained backlog growth", growth as f64 / window, "rows/s"),
+        Figure::new(
+            "sustained backlog bounded (1 yes, 0 no)",
+            f64::from(u8::from(bounded)),
+            "",
+        ),
     ];
     resources(&mut figures, &relays, cpu1 - cpu0, delivered as f64);
     say(format!(

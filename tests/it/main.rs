@@ -9,6 +9,7 @@
 mod harness;
 
 mod batch_refusals;
+mod bench_smoke;
 mod catalogue;
 mod claim;
 mod cli;

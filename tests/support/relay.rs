@@ -62,7 +62,8 @@ pub fn spawn_relay_binary(config: &Path, log: &Path) -> Child {
     spawn_with_filter(config, log, "info")
 }
 
-fn spawn_with_filter(config: &Path, log: &Path, filter: &str) -> Child {
+/// As [`spawn_relay_binary`], with a `RUST_LOG` filter of the caller's.
+pub fn spawn_with_filter(config: &Path, log: &Path, filter: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
         .args(["--config", config.to_str().unwrap(), "run"])
         .env("RUST_LOG", filter)

@@ -245,7 +245,10 @@ pub(crate) async fn sustained(
         target.pending().await?
     ));
     relays.stop()?;
-    let report = order(common, &target).await?;
+    let mut report = order(common, &target).await?;
+    // The writers outran the relay on purpose: the rows still pending are a backlog, not a
+    // fault (they are reported as `pending`). Lost, reordered and mismatched still fail.
+    report.allow.pending = true;
     let extra = json!({
         "writers": w.writers, "txn_rows": w.txn_rows, "target_rate": w.rate,
         "window_s": window, "delivered_in_window": delivered, "written_in_window": written,

@@ -169,7 +169,7 @@ async fn run(pool: PgPool, table: TableName) {
     for _ in 0..RUNS {
         let mut tx = outbox.begin().await.unwrap();
         let start = Instant::now();
-        let rows = outbox.claim(&mut tx, BATCH).await.unwrap();
+        let rows = outbox.claim(&mut tx, BATCH, &[]).await.unwrap().rows;
         took.push(start.elapsed());
         claimed.push(rows.len());
         tx.rollback().await.unwrap();

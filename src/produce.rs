@@ -78,7 +78,8 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     c.set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("client.id", &kafka.client_id)
         .set("linger.ms", "5")
-        .set("compression.type", "lz4");
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", kafka.delivery_timeout_ms.to_string());
     for (k, v) in &kafka.properties {
         c.set(k, v.as_config_string());
     }

@@ -84,6 +84,11 @@ pub struct KafkaConfig {
     pub client_id: String,
     /// Timeout of the metadata request used to check that Kafka answers, in milliseconds.
     pub metadata_timeout_ms: u64,
+    /// How long librdkafka may try to deliver a record before it reports a failure
+    /// (`message.timeout.ms`), in milliseconds. It bounds how long a batch's transaction (its
+    /// row locks, its connection) stays open: at most this, plus the time to write the batch's
+    /// outcome. At most `relay.shutdown_timeout_ms`, so that a shutdown can wait it out.
+    pub delivery_timeout_ms: u64,
     /// librdkafka properties passed through as they are (e.g. `"linger.ms" = 5`,
     /// `"security.protocol" = "SASL_SSL"`). `acks` and `enable.idempotence` are always `all`
     /// and `true`; a property contradicting them is refused.
@@ -103,6 +108,7 @@ impl fmt::Debug for KafkaConfig {
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("client_id", &self.client_id)
             .field("metadata_timeout_ms", &self.metadata_timeout_ms)
+            .field("delivery_timeout_ms", &self.delivery_timeout_ms)
             .field("properties", &properties)
             .finish()
     }
@@ -114,6 +120,7 @@ impl Default for KafkaConfig {
             bootstrap_servers: String::new(),
             client_id: "outbox-relay".into(),
             metadata_timeout_ms: 5_000,
+            delivery_timeout_ms: 20_000,
             properties: BTreeMap::new(),
         }
     }
@@ -125,7 +132,9 @@ impl Default for KafkaConfig {
 pub struct RelayConfig {
     /// Rows claimed per batch (one transaction, one bulk mark).
     pub batch_size: u32,
-    /// Batches in flight at once. Each holds a database connection while Kafka acknowledges it.
+    /// Batches in flight at once: the relay claims the next batch while earlier ones wait for
+    /// Kafka's acknowledgements. Each holds a database connection (its transaction) until its
+    /// outcome is written.
     pub concurrency: u32,
     /// Sleep between claims when no row is due, in milliseconds.
     pub poll_interval_ms: u64,
@@ -367,11 +376,12 @@ impl Config {
                 ));
             }
         }
-        if self.database.max_connections < self.relay.concurrency + 1 {
+        if self.database.max_connections < self.relay.concurrency + 2 {
             p.push(format!(
-                "database.max_connections ({}) must be at least relay.concurrency + 1 ({})",
+                "database.max_connections ({}) must be at least relay.concurrency + 2 ({}): one \
+                 per batch in flight, one to claim the next, one to listen for new rows",
                 self.database.max_connections,
-                self.relay.concurrency + 1
+                self.relay.concurrency + 2
             ));
         }
         if self.kafka.bootstrap_servers.trim().is_empty() {
@@ -392,6 +402,15 @@ impl Config {
         }
         if self.relay.shutdown_timeout_ms == 0 {
             p.push("relay.shutdown_timeout_ms must be greater than 0".into());
+        }
+        if self.kafka.delivery_timeout_ms == 0 {
+            p.push("kafka.delivery_timeout_ms must be greater than 0".into());
+        } else if self.kafka.delivery_timeout_ms > self.relay.shutdown_timeout_ms {
+            p.push(format!(
+                "kafka.delivery_timeout_ms ({}) must not exceed relay.shutdown_timeout_ms ({}): a \
+                 shutdown waits for the batches in flight, and each may wait that long for Kafka",
+                self.kafka.delivery_timeout_ms, self.relay.shutdown_timeout_ms
+            ));
         }
         if self.relay.poll_interval_ms == 0 {
             p.push("relay.poll_interval_ms must be greater than 0".into());
@@ -491,6 +510,9 @@ fn producer_guard_problems(props: &BTreeMap<String, PropertyValue>) -> Vec<Strin
             }
             "bootstrap.servers" | "metadata.broker.list" => {
                 Some("set kafka.bootstrap_servers instead".to_owned())
+            }
+            "message.timeout.ms" | "delivery.timeout.ms" => {
+                Some("set kafka.delivery_timeout_ms instead".to_owned())
             }
             "transactional.id" => {
                 Some("transactions are not used; the outbox row is the transaction".to_owned())

@@ -1,7 +1,8 @@
 //! Embedded migrations, run with sqlx's migrator.
 //!
-//! The SQL files in `migrations/` name the table through `${qualified}` (`"schema"."table"`)
-//! and `${table}` (the bare name, for index names); both are filled in with the configured,
+//! The SQL files in `migrations/` name the table through `${qualified}` (`"schema"."table"`),
+//! `${schema}` (`"schema"`, for the table's companions) and `${table}` (the bare name, for index
+//! names); both are filled in with the configured,
 //! validated names. sqlx keeps its ledger (`_sqlx_migrations`) in the
 //! outbox's own schema, so one schema holds one outbox table.
 
@@ -34,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "row limits",
         include_str!("../../migrations/0004_row_limits.sql"),
     ),
+    (
+        5,
+        "wakeup",
+        include_str!("../../migrations/0005_wakeup.sql"),
+    ),
 ];
 
 /// The migration version this relay needs: `run` refuses a table that is behind it.
@@ -59,6 +65,7 @@ pub async fn migrate_to(url: &str, table: &TableName, last: i64) -> Result<usize
         .map(|(version, description, sql)| {
             let sql = sql
                 .replace("${qualified}", &table.qualified())
+                .replace("${schema}", &schema)
                 .replace("${table}", table.table());
             Migration::new(
                 *version,

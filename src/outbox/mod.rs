@@ -12,7 +12,7 @@ pub use ops::{
     HeldKey, KeyChange, OpsError, ParkedOps, ParkedRow, ReasonCount, Selector, SelectorError,
 };
 pub use store::{
-    capped, ClaimedRow, Delivered, Failed, Outbox, Parked, StoreError, REASON_MAX_BYTES,
+    capped, Claim, ClaimedRow, Delivered, Failed, Outbox, Parked, StoreError, REASON_MAX_BYTES,
 };
 
 use crate::config::check_identifier;

@@ -108,6 +108,14 @@ pub struct ClaimedRow {
     pub value_schema_version: Option<i32>,
 }
 
+/// What a claim found: the rows it picked, and how many due rows it locked in all (`candidates`
+/// > 0 with no row picked: every due row is behind a row held elsewhere).
+#[derive(Debug, Default)]
+pub struct Claim {
+    pub rows: Vec<ClaimedRow>,
+    pub candidates: usize,
+}
+
 /// A row Kafka acknowledged, and where it went.
 #[derive(Debug, Clone, Copy)]
 pub struct Delivered {
@@ -145,12 +153,33 @@ pub struct Outbox {
     reschedule_sql: String,
     park_sql: String,
     defer_topic_sql: String,
+    arm_wakeup_sql: String,
 }
 
 impl Outbox {
     /// A lazily connecting pool: start-up does not fail while Postgres is down; the first
     /// claim reports it and the relay backs off.
     pub fn connect_lazy(config: &DatabaseConfig, max_connections: u32) -> Result<Self, StoreError> {
+        Self::connect_lazy_with(config, max_connections, &[])
+    }
+
+    /// [`Outbox::connect_lazy`] for the relay's own batches: `synchronous_commit = off` on its
+    /// connections. A batch's transaction only records what Kafka already holds (delivered,
+    /// rescheduled, parked); if Postgres crashes before the commit reaches the disk, the rows
+    /// are pending again and are produced again: a duplicate (same `event_id`), never a loss.
+    /// Saves a WAL flush per batch.
+    pub fn connect_relay(
+        config: &DatabaseConfig,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        Self::connect_lazy_with(config, max_connections, &[("synchronous_commit", "off")])
+    }
+
+    fn connect_lazy_with(
+        config: &DatabaseConfig,
+        max_connections: u32,
+        settings: &[(&str, &str)],
+    ) -> Result<Self, StoreError> {
         let table =
             TableName::new(&config.schema, &config.table).map_err(StoreError::InvalidName)?;
         let options: PgConnectOptions = config
@@ -158,7 +187,9 @@ impl Outbox {
             .expose()
             .parse()
             .map_err(StoreError::InvalidUrl)?;
-        let options = options.application_name("outbox-relay");
+        let options = options
+            .application_name("outbox-relay")
+            .options(settings.iter().copied());
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_millis(config.connect_timeout_ms))
@@ -173,12 +204,16 @@ impl Outbox {
         //   off after a failure, or is parked and holds the key. Both checks probe small
         //   partial indexes, and blocked rows never fill the batch (no head-of-line blocking
         //   of other keys);
-        // - after it, take a keyed row only if no earlier pending row of its key is left out of
-        //   this claim (locked by another batch or relay), so one key's rows never travel in
-        //   two batches at once. The rows left out stay locked until this transaction ends,
-        //   which only delays them.
+        // - after it, take a keyed row only if every earlier pending row of its key is in this
+        //   claim or in one of this relay's batches in flight (`$2`, their ids: the relay hands
+        //   its batches to Kafka in claim order, so these rows travel behind them). An earlier
+        //   row held elsewhere (another relay instance, an operator's command) keeps the later
+        //   ones out, so one key's rows never travel in two relays at once. The rows left out
+        //   stay locked until this transaction ends, which only delays them.
+        // `candidates` (on every row; one row of NULLs when nothing is picked) tells "nothing
+        // due" from "due rows, all behind rows held elsewhere".
         let claim_sql = format!(
-            "WITH cand AS ( \
+            "WITH cand AS MATERIALIZED ( \
                  SELECT c.id, c.topic, c.key FROM {t} c \
                  WHERE c.status = 'pending' AND c.next_attempt_at <= now() \
                    AND (c.key IS NULL OR ( \
@@ -190,17 +225,21 @@ impl Outbox {
                          WHERE h.status = 'parked' AND h.holds_key \
                            AND h.topic = c.topic AND h.key = c.key AND h.id < c.id))) \
                  ORDER BY c.id LIMIT $1 \
-                 FOR UPDATE SKIP LOCKED) \
-             SELECT o.id, o.event_id, o.topic, o.key, o.payload::text AS payload, \
-                    o.headers::text AS headers, o.created_at, o.attempts, \
-                    o.value_subject, o.value_schema_version \
-             FROM {t} o JOIN cand c ON c.id = o.id \
-             WHERE c.key IS NULL OR NOT EXISTS ( \
-                 SELECT 1 FROM {t} e \
-                 WHERE e.status = 'pending' AND e.key IS NOT NULL \
-                   AND e.topic = c.topic AND e.key = c.key AND e.id < c.id \
-                   AND e.id NOT IN (SELECT id FROM cand)) \
-             ORDER BY o.id"
+                 FOR UPDATE SKIP LOCKED), \
+             mine AS (SELECT id FROM cand UNION ALL SELECT unnest($2::bigint[])), \
+             picked AS ( \
+                 SELECT o.id, o.event_id, o.topic, o.key, o.payload::text AS payload, \
+                        o.headers::text AS headers, o.created_at, o.attempts, \
+                        o.value_subject, o.value_schema_version \
+                 FROM {t} o JOIN cand c ON c.id = o.id \
+                 WHERE c.key IS NULL OR NOT EXISTS ( \
+                     SELECT 1 FROM {t} e \
+                     WHERE e.status = 'pending' AND e.key IS NOT NULL \
+                       AND e.topic = c.topic AND e.key = c.key AND e.id < c.id \
+                       AND e.id NOT IN (SELECT id FROM mine))) \
+             SELECT (SELECT count(*) FROM cand) AS candidates, p.* \
+             FROM (SELECT 1) AS one LEFT JOIN picked p ON true \
+             ORDER BY p.id"
         );
         // delivered_at is when the acknowledgement was recorded (clock_timestamp()), not when
         // the batch's transaction began (now()).
@@ -237,10 +276,16 @@ impl Outbox {
              WHERE o.id IN (SELECT p.id FROM {t} p \
                  WHERE p.status = 'pending' AND p.topic = $1 FOR UPDATE SKIP LOCKED)"
         );
+        let arm_wakeup_sql = format!(
+            "UPDATE \"{}\".\"{}_wakeup\" SET armed = true WHERE NOT armed",
+            table.schema(),
+            table.table()
+        );
         Self {
             pool,
             table,
             claim_sql,
+            arm_wakeup_sql,
             mark_delivered_sql,
             reschedule_sql,
             park_sql,
@@ -331,15 +376,51 @@ impl Outbox {
         Ok(self.pool.begin().await?)
     }
 
-    /// Claims up to `limit` due rows, locked for the life of `tx`.
+    /// Claims up to `limit` due rows, locked for the life of `tx`. `in_flight` holds the ids of
+    /// this relay's batches still in flight: later rows of their keys may be claimed (they will
+    /// be handed to Kafka after them).
     pub async fn claim(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         limit: u32,
-    ) -> Result<Vec<ClaimedRow>, StoreError> {
-        Ok(sqlx::query_as::<_, ClaimedRow>(&self.claim_sql)
+        in_flight: &[i64],
+    ) -> Result<Claim, StoreError> {
+        use sqlx::{FromRow, Row};
+        let found = sqlx::query(&self.claim_sql)
             .bind(i64::from(limit))
+            .bind(in_flight)
             .fetch_all(&mut **tx)
+            .await?;
+        let mut candidates = 0;
+        let mut rows = Vec::with_capacity(found.len());
+        for row in &found {
+            candidates = row.try_get::<i64, _>("candidates")?;
+            if row.try_get::<Option<i64>, _>("id")?.is_some() {
+                rows.push(ClaimedRow::from_row(row)?);
+            }
+        }
+        Ok(Claim {
+            rows,
+            candidates: candidates as usize,
+        })
+    }
+
+    /// Arms the wakeup (migration 0005): the next statement that inserts into the outbox sends a
+    /// notification on [`Outbox::wakeup_channel`]. Writes only when it was not armed yet.
+    pub async fn arm_wakeup(&self) -> Result<(), StoreError> {
+        sqlx::query(&self.arm_wakeup_sql)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The channel the outbox's insert trigger notifies when the wakeup is armed: `outbox_` and
+    /// the first 24 hex digits of md5(`schema.table`), computed as the trigger computes it.
+    pub async fn wakeup_channel(&self) -> Result<String, StoreError> {
+        let name = format!("{}.{}", self.table.schema(), self.table.table());
+        Ok(sqlx::query_scalar("SELECT 'outbox_' || left(md5($1), 24)")
+            .bind(name)
+            .fetch_one(&self.pool)
             .await?)
     }
 

@@ -1,10 +1,18 @@
-//! One batch, in one transaction: claim → serialize → produce → wait for every delivery
-//! report → mark delivered / reschedule / park → commit.
+//! One batch, in its own transaction, in two halves:
 //!
-//! Per-key order inside a batch: rows are handed to Kafka in id order, and once a row of a key
-//! fails before reaching Kafka (unserializable, refused by librdkafka) or is held back (registry
-//! outage), the later rows of that key in this batch are not handed over either: they stay
-//! pending, untouched, and the claim's key rules decide when they go.
+//! - [`Shared::dispatch`] (the pipeline, one claim after another): claim the batch;
+//! - [`Shared::complete`] (a task per batch, several at once): hand its rows to librdkafka once
+//!   the batch before it has all its delivery reports → wait for its own → decide
+//!   ([`super::decide`]) → mark delivered / reschedule / park → commit.
+//!
+//! So while batch n waits for Kafka, batch n+1 is claimed (its rows locked) and batch n-1 writes
+//! its outcome; but a batch's records go to Kafka only after every record of the batch before it
+//! was acknowledged or failed. Per-key order across batches is therefore as strict as within a
+//! single one: a later row of a key is never handed over while an earlier row of that key may
+//! still fail. When a row of a key fails, or is left untouched (registry outage, deferred topic,
+//! beyond a bound), the later rows of that key in this batch and in the batches claimed while it
+//! was in flight are not handed over either ([`Carry`]): they stay pending, untouched, and the
+//! claim's key rules decide when they go.
 //!
 //! A refusal Kafka makes about a whole record batch (too large, invalid timestamp, invalid
 //! record, ...) fails every record of that batch with the same code: when several rows of one
@@ -20,24 +28,29 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::DeliveryFuture;
+use sqlx::{Postgres, Transaction};
+use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use super::decide::{decide, Failure};
 use super::Shared;
-use crate::config::OnParked;
-use crate::outbox::{capped, ClaimedRow, Delivered, Failed, Parked, StoreError, REASON_MAX_BYTES};
+use crate::outbox::{ClaimedRow, Delivered, Parked, StoreError};
 use crate::produce::{delivery_report, Disposition, ProduceError};
-use crate::retry::{jitter_unit, RetryDecision};
+use crate::retry::jitter_unit;
 use crate::serialize::SerializeError;
 
-/// How long a batch waits for the dead-letter copies of its parked rows.
+/// How long a batch waits for the dead-letter copies of its parked rows, all of them together.
 const DEAD_LETTER_WAIT: Duration = Duration::from_secs(10);
 
 /// At most this many rows of one batch are sent again one at a time to find a culprit.
 const ISOLATE_MAX_ROWS: usize = 100;
 /// And for at most this long in all.
 const ISOLATE_BUDGET: Duration = Duration::from_secs(30);
+
+/// Beyond `kafka.delivery_timeout_ms`, how long a batch still waits for a delivery report
+/// before it gives up on it (librdkafka reports every record by then; this is a safety bound).
+const REPORT_GRACE: Duration = Duration::from_secs(5);
 
 /// A deferred topic's first delay, doubled per deferral in a row, up to [`DEFER_MAX`].
 const DEFER_MIN: Duration = Duration::from_secs(1);
@@ -48,6 +61,30 @@ const DEFER_MAX: Duration = Duration::from_secs(60);
 pub(super) struct Deferral {
     until: Instant,
     streak: u32,
+}
+
+/// Keys whose later rows must not be handed over, passed from each batch to the next once its
+/// delivery reports are in: `(seq of the batch that failed or left a row of the key untouched,
+/// topic, key)`. A batch heeds only the entries of batches that were in flight when it was
+/// claimed: one claimed after the failing batch committed finds that batch's rows pending (or
+/// backing off, or parked and holding the key), and the claim's key rules take over.
+#[derive(Debug, Default)]
+pub(super) struct Carry(Vec<(u64, String, String)>);
+
+impl Carry {
+    fn holds(&self) -> HashSet<(&str, &str)> {
+        self.0
+            .iter()
+            .map(|(_, t, k)| (t.as_str(), k.as_str()))
+            .collect()
+    }
+}
+
+/// A batch's place in the chain: it hands its rows over when its predecessor's reports are in
+/// (`wait`), and tells its successor when its own are (`pass`).
+pub(super) struct Turn {
+    pub(super) wait: Option<oneshot::Receiver<Carry>>,
+    pub(super) pass: oneshot::Sender<Carry>,
 }
 
 /// Why a store write failed, and whether Kafka had acknowledged rows of the batch.
@@ -70,32 +107,41 @@ impl From<StoreError> for BatchError {
 /// What a batch ended in.
 #[derive(Debug, Default)]
 pub(super) struct BatchOutcome {
-    pub(super) claimed: usize,
     /// Kafka did not answer: the rows it concerned were left untouched.
     pub(super) kafka_outage: bool,
     /// The registry did not answer: the rows from there on were left untouched.
     pub(super) registry_outage: Option<String>,
 }
 
-/// A row that did not make it, and what to do about it.
-struct Failure {
-    index: usize,
-    reason: String,
-    disposition: Disposition,
-    /// Kafka's code when Kafka refused the record (or the record batch it travelled in, maybe
-    /// because of another record of that batch).
-    kafka_code: Option<RDKafkaErrorCode>,
+/// What a claim came back with.
+pub(super) enum Dispatched {
+    /// No row is due.
+    Empty,
+    /// Rows are due, but every one is behind an earlier row of its key held elsewhere.
+    Blocked,
+    /// A batch claimed: its rows' ids, and the batch.
+    Batch(Vec<i64>, Box<Claimed>),
 }
 
-impl Failure {
-    fn new(index: usize, e: &ProduceError) -> Self {
-        Self {
-            index,
-            reason: capped(&e.to_string(), REASON_MAX_BYTES).into_owned(),
-            disposition: e.disposition(),
-            kafka_code: None,
-        }
-    }
+/// A claimed batch: its rows locked in its transaction.
+pub(super) struct Claimed {
+    seq: u64,
+    /// The oldest batch still in flight when this one was claimed (`seq` if none was).
+    oldest_in_flight: u64,
+    tx: Transaction<'static, Postgres>,
+    rows: Vec<ClaimedRow>,
+}
+
+/// What handing a batch's rows to librdkafka came to.
+#[derive(Default)]
+struct HandedOver {
+    deliveries: Vec<(usize, DeliveryFuture)>,
+    failures: Vec<Failure>,
+    /// Topics to defer (an index of one of its rows, the reason).
+    defer: Vec<(usize, String)>,
+    /// Rows not handed over and left as they are.
+    untouched: Vec<usize>,
+    registry_outage: Option<String>,
 }
 
 /// Why a row was not handed to librdkafka.
@@ -124,85 +170,190 @@ impl Shared {
         }
     }
 
-    pub(super) async fn run_batch(&self) -> Result<BatchOutcome, BatchError> {
+    /// Claims a batch (`in_flight`: the ids of this relay's batches still in flight, whose
+    /// records go to Kafka before this batch's).
+    pub(super) async fn dispatch(
+        &self,
+        seq: u64,
+        oldest_in_flight: u64,
+        in_flight: &[i64],
+    ) -> Result<Dispatched, StoreError> {
         let mut tx = self.outbox.begin().await?;
-        let rows = self.outbox.claim(&mut tx, self.config.batch_size).await?;
-        if rows.is_empty() {
-            tx.commit().await.map_err(StoreError::from)?;
-            return Ok(BatchOutcome::default());
+        let claim = self
+            .outbox
+            .claim(&mut tx, self.config.batch_size, in_flight)
+            .await?;
+        if claim.rows.is_empty() {
+            tx.commit().await?;
+            return Ok(if claim.candidates > 0 {
+                Dispatched::Blocked
+            } else {
+                Dispatched::Empty
+            });
         }
-        let mut outcome = BatchOutcome {
-            claimed: rows.len(),
-            ..BatchOutcome::default()
-        };
+        let ids = claim.rows.iter().map(|r| r.id).collect();
+        Ok(Dispatched::Batch(
+            ids,
+            Box::new(Claimed {
+                seq,
+                oldest_in_flight,
+                tx,
+                rows: claim.rows,
+            }),
+        ))
+    }
 
-        // 1. Serialize and hand to librdkafka in id order.
-        let mut in_flight = Vec::with_capacity(rows.len());
-        let mut failures: Vec<Failure> = Vec::new();
+    /// Serializes and hands `rows` to librdkafka in id order, but no row of a key in `holds`,
+    /// nor a later row of a key whose row failed or was left untouched here.
+    async fn hand_over_all(
+        &self,
+        rows: &[ClaimedRow],
+        holds: &HashSet<(&str, &str)>,
+    ) -> HandedOver {
+        let mut out = HandedOver {
+            deliveries: Vec::with_capacity(rows.len()),
+            ..HandedOver::default()
+        };
+        let deferrals = self.deferrals_armed();
         let mut blocked: HashSet<(&str, &str)> = HashSet::new();
-        let mut untouched = 0usize;
-        // Topics to defer in this batch, with the reason.
-        let mut defer: HashMap<&str, String> = HashMap::new();
         for (index, row) in rows.iter().enumerate() {
             let key = row.key.as_deref().map(|k| (row.topic.as_str(), k));
-            if outcome.registry_outage.is_some() || key.is_some_and(|k| blocked.contains(&k)) {
-                untouched += 1;
+            let held = key.is_some_and(|k| {
+                (!holds.is_empty() && holds.contains(&k))
+                    || (!blocked.is_empty() && blocked.contains(&k))
+            });
+            if out.registry_outage.is_some() || held {
+                out.untouched.push(index);
                 continue;
             }
-            if defer.contains_key(row.topic.as_str()) {
+            if out.defer.iter().any(|(i, _)| rows[*i].topic == row.topic) {
+                out.untouched.push(index);
                 continue;
             }
-            if let Some(reason) = self.deferred_reason(&row.topic) {
+            if let Some(reason) = deferrals
+                .then(|| self.deferred_reason(&row.topic))
+                .flatten()
+            {
                 // The topic refused us a moment ago: do not ask again before its delay is over.
-                defer.insert(&row.topic, reason);
+                out.defer.push((index, reason));
+                out.untouched.push(index);
                 continue;
             }
             match self.hand_over(row).await {
-                Ok(delivery) => in_flight.push((index, delivery)),
+                Ok(delivery) => out.deliveries.push((index, delivery)),
                 Err(HandOver::RegistryAway(why)) => {
                     // Not the row's fault; and asking again for the next rows would only
                     // hammer a registry that is away.
-                    outcome.registry_outage = Some(why);
-                    untouched += 1;
+                    out.registry_outage = Some(why);
+                    out.untouched.push(index);
                 }
                 Err(HandOver::Failed(e)) => {
                     if let Some(k) = key {
                         blocked.insert(k);
                     }
-                    failures.push(Failure::new(index, &e));
+                    out.failures.push(Failure::new(index, &e));
                 }
             }
         }
+        out
+    }
 
-        // 2. Wait for every delivery report.
-        let reports = join_all(
-            in_flight
-                .into_iter()
-                .map(|(index, delivery)| async move { (index, delivery_report(delivery).await) }),
-        )
+    /// Waits for the batch's delivery reports, decides each row's fate, writes it all in the
+    /// batch's transaction (in its turn) and commits.
+    pub(super) async fn complete(
+        &self,
+        batch: Box<Claimed>,
+        turn: Turn,
+    ) -> Result<BatchOutcome, BatchError> {
+        let Claimed {
+            seq,
+            oldest_in_flight,
+            mut tx,
+            rows,
+        } = *batch;
+
+        // 1. Hand the rows over once the batch before has all its reports.
+        let mut carry = match turn.wait {
+            Some(wait) => wait.await.unwrap_or_default(),
+            None => Carry::default(),
+        };
+        carry.0.retain(|(from, ..)| *from >= oldest_in_flight);
+        let HandedOver {
+            deliveries,
+            mut failures,
+            defer,
+            untouched: left,
+            registry_outage,
+        } = self.hand_over_all(&rows, &carry.holds()).await;
+        let mut outcome = BatchOutcome {
+            registry_outage,
+            ..BatchOutcome::default()
+        };
+        let mut untouched = left.len();
+        let mut left_keyed: Vec<usize> = left;
+
+        // 2. Every delivery report, within the delivery timeout (and a grace).
+        let bound = self.delivery_timeout + REPORT_GRACE;
+        let reports = join_all(deliveries.into_iter().map(|(index, delivery)| async move {
+            match tokio::time::timeout(bound, delivery_report(delivery)).await {
+                Ok(report) => (index, Some(report)),
+                Err(_) => (index, None),
+            }
+        }))
         .await;
         let mut delivered = Vec::with_capacity(reports.len());
-        for (index, result) in reports {
-            match result {
-                Ok((partition, offset)) => delivered.push((index, partition, offset)),
-                Err(e) => failures.push(Failure {
-                    kafka_code: e.kafka_code(),
-                    ..Failure::new(index, &e)
-                }),
+        for (index, report) in reports {
+            match report {
+                Some(Ok((partition, offset))) => delivered.push((index, partition, offset)),
+                Some(Err(e)) => failures.push(Failure::reported(index, &e)),
+                None => {
+                    // No report within the bound: left pending (it may still arrive in Kafka;
+                    // a later batch sends it again, same event_id).
+                    untouched += 1;
+                    left_keyed.push(index);
+                    warn!(id = rows[index].id, bound = ?bound,
+                        "no delivery report within kafka.delivery_timeout_ms; the row stays pending");
+                }
             }
         }
-        // 2b. Kafka refuses a whole record batch when one record of it is refused (too large,
-        //     invalid timestamp, invalid record, ...), and librdkafka fails every record of that
-        //     batch with the same error: parking them all would park innocent rows. Send the
-        //     rows sharing such a verdict again one at a time.
+        // 2. Kafka refuses a whole record batch when one record of it is refused (too large,
+        //    invalid timestamp, invalid record, ...), and librdkafka fails every record of that
+        //    batch with the same error: parking them all would park innocent rows. Send the
+        //    rows sharing such a verdict again one at a time.
         let suspects = isolation_suspects(&rows, &failures);
         if !suspects.is_empty() {
             failures.retain(|f| !suspects.contains(&f.index));
-            untouched += self
+            let beyond = self
                 .one_at_a_time(&rows, suspects, &mut delivered, &mut failures)
                 .await;
+            untouched += beyond.len();
+            left_keyed.extend(beyond);
         }
-        // 2c. A topic that refuses us is deferred as a whole.
+
+        // 3. The next batch may hand its rows over now, but none of a key that failed or was
+        //    left untouched here.
+        let before = carry.0.len();
+        carry.0.extend(
+            failures
+                .iter()
+                .map(|f| f.index)
+                .chain(left_keyed)
+                .filter_map(|i| {
+                    let row = &rows[i];
+                    row.key.clone().map(|k| (seq, row.topic.clone(), k))
+                }),
+        );
+        if carry.0.len() > before {
+            // Batches claimed meanwhile will leave these keys' rows untouched; let the pipeline
+            // drain before it claims again, so that the next claim starts from what is written.
+            self.drain.store(true, Ordering::SeqCst);
+        }
+        let _ = turn.pass.send(carry);
+        // 4. A topic that refuses us is deferred as a whole.
+        let mut defer: HashMap<&str, String> = defer
+            .into_iter()
+            .map(|(i, reason)| (rows[i].topic.as_str(), reason))
+            .collect();
         failures.retain(|f| {
             if f.disposition != Disposition::Defer {
                 return true;
@@ -212,70 +363,36 @@ impl Shared {
                 .or_insert_with(|| f.reason.clone());
             false
         });
-        for &(index, _, _) in &delivered {
-            self.topic_accepts(&rows[index].topic);
-        }
         if !delivered.is_empty() {
             self.producer.health().kafka_answers();
-        }
-        self.note_out_of_order(&rows, &delivered, &failures);
-
-        // 3. Sort failures into what to write. A timeout while no broker answers is the
-        //    cluster's fault, not the row's.
-        if failures.iter().any(|f| f.disposition == Disposition::Retry)
-            && self.producer.probe().await.is_err()
-        {
-            for f in &mut failures {
-                if f.disposition == Disposition::Retry {
-                    f.disposition = Disposition::Outage;
+            if self.deferrals_armed() {
+                for &(index, _, _) in &delivered {
+                    self.topic_accepts(&rows[index].topic);
                 }
             }
         }
-        let mut retry = Vec::new();
-        let mut park = Vec::new();
-        for f in failures {
+
+        // 5. Decide. A timeout while no broker answers is the cluster's fault, not the row's.
+        let kafka_answers = !failures.iter().any(|f| f.disposition == Disposition::Retry)
+            || self.producer.probe().await.is_ok();
+        for f in &failures {
             let row = &rows[f.index];
-            let policy = self.policies.get(&row.topic);
             warn!(id = row.id, event_id = %row.event_id, topic = %row.topic,
                 attempts = row.attempts, disposition = ?f.disposition, error = %f.reason,
                 "delivery failed");
-            let holds_key = policy.on_parked == OnParked::HoldKey && row.key.is_some();
-            match f.disposition {
-                Disposition::Outage => {
-                    outcome.kafka_outage = true;
-                    untouched += 1;
-                }
-                Disposition::Defer => unreachable!("deferred rows were taken out above"),
-                Disposition::Park => park.push((
-                    f.index,
-                    Parked {
-                        id: row.id,
-                        error: f.reason,
-                        holds_key,
-                    },
-                )),
-                Disposition::Retry => {
-                    let attempt = row.attempts.max(0) as u32 + 1;
-                    match policy.retry.decide(attempt, jitter_unit()) {
-                        RetryDecision::RetryAfter(delay) => retry.push(Failed {
-                            id: row.id,
-                            error: f.reason,
-                            delay,
-                        }),
-                        RetryDecision::GiveUp => park.push((
-                            f.index,
-                            Parked {
-                                id: row.id,
-                                error: format!("gave up after {attempt} attempts: {}", f.reason),
-                                holds_key,
-                            },
-                        )),
-                    }
-                }
-            }
         }
+        let failures_at_kafka: Vec<(usize, i64)> = failures
+            .iter()
+            .filter(|f| f.kafka_code.is_some())
+            .map(|f| (f.index, rows[f.index].id))
+            .collect();
+        let decisions = decide(&rows, failures, &self.policies, kafka_answers, jitter_unit);
+        outcome.kafka_outage = decisions.kafka_outage;
+        untouched += decisions.untouched;
 
-        // 4. Write it all in the claiming transaction.
+        self.note_out_of_order(&rows, &delivered, &failures_at_kafka);
+
+        // 6. Write it all in the claiming transaction, and commit.
         let marks: Vec<Delivered> = delivered
             .iter()
             .map(|&(index, partition, offset)| Delivered {
@@ -302,10 +419,10 @@ impl Shared {
             );
         }
         self.outbox
-            .reschedule(&mut tx, &retry)
+            .reschedule(&mut tx, &decisions.retry)
             .await
             .map_err(acknowledged)?;
-        let parked: Vec<Parked> = park.iter().map(|(_, p)| p.clone()).collect();
+        let parked: Vec<Parked> = decisions.park.iter().map(|(_, p)| p.clone()).collect();
         self.outbox
             .park(&mut tx, &parked)
             .await
@@ -320,20 +437,22 @@ impl Shared {
                 .await
                 .map_err(acknowledged)?;
         }
-        self.dead_letter(&rows, &park).await;
+        self.dead_letter(&rows, &decisions.park).await;
         if let Err(e) = tx.commit().await {
             return Err(acknowledged(StoreError::from(e)));
         }
 
         let c = &self.counters;
         c.delivered.fetch_add(marks.len() as u64, Ordering::Relaxed);
-        c.retried.fetch_add(retry.len() as u64, Ordering::Relaxed);
-        c.parked.fetch_add(park.len() as u64, Ordering::Relaxed);
+        c.retried
+            .fetch_add(decisions.retry.len() as u64, Ordering::Relaxed);
+        c.parked
+            .fetch_add(decisions.park.len() as u64, Ordering::Relaxed);
         debug!(
             claimed = rows.len(),
             delivered = marks.len(),
-            retried = retry.len(),
-            parked = park.len(),
+            retried = decisions.retry.len(),
+            parked = decisions.park.len(),
             deferred,
             untouched,
             "batch done"
@@ -342,23 +461,23 @@ impl Shared {
     }
 
     /// Sends `indexes` one row at a time, each waiting for its delivery report, in id order;
-    /// a failed row leaves the later rows of its key untouched. Returns how many were untouched.
+    /// a failed row leaves the later rows of its key untouched. Returns the untouched rows.
     async fn one_at_a_time(
         &self,
         rows: &[ClaimedRow],
         mut indexes: Vec<usize>,
         delivered: &mut Vec<(usize, i32, i64)>,
         failures: &mut Vec<Failure>,
-    ) -> usize {
+    ) -> Vec<usize> {
         indexes.sort_unstable();
         let mut blocked: HashSet<(&str, &str)> = HashSet::new();
-        let mut untouched = 0;
+        let mut untouched = Vec::new();
         let deadline = Instant::now() + ISOLATE_BUDGET;
         for (n, index) in indexes.into_iter().enumerate() {
             let row = &rows[index];
             let key = row.key.as_deref().map(|k| (row.topic.as_str(), k));
             if key.is_some_and(|k| blocked.contains(&k)) {
-                untouched += 1;
+                untouched.push(index);
                 continue;
             }
             if n >= ISOLATE_MAX_ROWS || Instant::now() >= deadline {
@@ -366,7 +485,7 @@ impl Shared {
                 if let Some(k) = key {
                     blocked.insert(k);
                 }
-                untouched += 1;
+                untouched.push(index);
                 continue;
             }
             let result = match self.hand_over(row).await {
@@ -376,7 +495,7 @@ impl Shared {
                     if let Some(k) = key {
                         blocked.insert(k);
                     }
-                    untouched += 1;
+                    untouched.push(index);
                     continue;
                 }
             };
@@ -386,11 +505,20 @@ impl Shared {
                     if let Some(k) = key {
                         blocked.insert(k);
                     }
-                    failures.push(Failure::new(index, &e));
+                    failures.push(Failure::reported(index, &e));
                 }
             }
         }
         untouched
+    }
+
+    /// Is any topic deferred (or was one, and has not delivered since)?
+    fn deferrals_armed(&self) -> bool {
+        !self
+            .deferrals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     /// The reason `topic` is deferred, while it is.
@@ -433,25 +561,25 @@ impl Shared {
         }
     }
 
-    /// librdkafka can fail one record and still deliver a later one of the same partition;
-    /// when both share a key, that key's order broke in Kafka. Say so loudly and count it.
+    /// librdkafka can fail one record and still deliver a later one of the same partition in
+    /// the same batch; when both share a key, that key's order broke in Kafka. Say so loudly and
+    /// count it. `failed`: (index, id) of the rows Kafka failed.
     fn note_out_of_order(
         &self,
         rows: &[ClaimedRow],
         delivered: &[(usize, i32, i64)],
-        failures: &[Failure],
+        failed: &[(usize, i64)],
     ) {
-        let mut first_failure: HashMap<(&str, &str), usize> = HashMap::new();
-        for f in failures {
-            if let Some(k) = rows[f.index].key.as_deref() {
-                let slot = first_failure
-                    .entry((&rows[f.index].topic, k))
-                    .or_insert(f.index);
-                *slot = (*slot).min(f.index);
-            }
-        }
-        if first_failure.is_empty() {
+        if failed.is_empty() {
             return;
+        }
+        let mut first_failure: HashMap<(&str, &str), i64> = HashMap::new();
+        for &(index, id) in failed {
+            let row = &rows[index];
+            if let Some(k) = row.key.as_deref() {
+                let slot = first_failure.entry((&row.topic, k)).or_insert(id);
+                *slot = (*slot).min(id);
+            }
         }
         for &(index, _, _) in delivered {
             let row = &rows[index];
@@ -460,7 +588,7 @@ impl Shared {
             };
             if first_failure
                 .get(&(row.topic.as_str(), k))
-                .is_some_and(|&failed| failed < index)
+                .is_some_and(|&failed| failed < row.id)
             {
                 self.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
                 error!(id = row.id, topic = %row.topic, key = k,
@@ -489,8 +617,9 @@ impl Shared {
                     "could not copy the parked row to its dead-letter topic"),
             }
         }
+        let deadline = tokio::time::Instant::now() + DEAD_LETTER_WAIT;
         for (id, dlt, delivery) in copies {
-            match tokio::time::timeout(DEAD_LETTER_WAIT, delivery).await {
+            match tokio::time::timeout_at(deadline, delivery).await {
                 Ok(Ok(Ok(_))) => {
                     self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 }

@@ -1,22 +1,29 @@
-//! The loop: claim → serialize → produce → wait for acknowledgements → mark, in concurrent
-//! batches ([`batch`] is one of them).
+//! The loop: a pipeline of batches. One task claims a batch, serializes its rows and hands them
+//! to librdkafka ([`batch`]: `dispatch`), then claims the next one at once while the earlier
+//! batches wait for their acknowledgements, up to `relay.concurrency` batches in flight; each
+//! batch's completion (wait for every report → decide → mark → commit) runs as its own task,
+//! and writes in claim order.
 //!
-//! Each worker runs one batch at a time in its own transaction, so `concurrency` batches are in
-//! flight at once: one worker's rows travel to Kafka while another claims or marks. On shutdown
-//! the workers stop claiming, finish (produce, wait, mark, commit) the batch in hand, and exit.
+//! When nothing is due the pipeline arms the outbox's wakeup and waits for a notification
+//! ([`wakeup`]) or `relay.poll_interval_ms`, whichever comes first. When rows are due but all
+//! are behind rows held elsewhere (another relay instance), it waits a poll interval or for one
+//! of its own batches to complete, without arming. On shutdown it stops claiming and lets the
+//! batches in flight complete.
 //!
 //! Outages are not the rows' fault: while Kafka, Postgres or the Schema Registry does not
-//! answer, workers claim nothing, back off (200 ms → 10 s, jitter), and resume by themselves.
+//! answer, the relay claims nothing, backs off (200 ms → 10 s, jitter), and resumes by itself.
 
 mod batch;
+mod decide;
 mod supervise;
+mod wakeup;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio::sync::Mutex;
+use tokio::sync::{oneshot, Mutex, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -70,8 +77,13 @@ struct Shared {
     config: RelayConfig,
     registry_config: RegistryConfig,
     bootstrap: String,
+    /// `kafka.delivery_timeout_ms`.
+    delivery_timeout: Duration,
     kafka_down: AtomicBool,
     registry_down: AtomicBool,
+    /// A batch left rows of a key untouched or failed: drain the batches in flight before the
+    /// next claim (see `batch::Carry`).
+    drain: AtomicBool,
     probe_lock: Mutex<()>,
     /// Topics whose rows are deferred because Kafka refuses the topic.
     deferrals: std::sync::Mutex<std::collections::HashMap<String, batch::Deferral>>,
@@ -81,7 +93,7 @@ struct Shared {
 impl Relay {
     /// Builds the pool (lazily connecting) and the producer; contacts nothing yet.
     pub fn new(config: &Config) -> Result<Self, RelayError> {
-        let outbox = Outbox::connect_lazy(&config.database, config.database.max_connections)?;
+        let outbox = Outbox::connect_relay(&config.database, config.database.max_connections)?;
         let producer = Producer::new(&config.kafka, &config.headers)?;
         let serializer = Serializer::new(config).map_err(RelayError::Registry)?;
         Ok(Self {
@@ -93,8 +105,10 @@ impl Relay {
                 config: config.relay.clone(),
                 registry_config: config.registry.clone(),
                 bootstrap: config.kafka.bootstrap_servers.clone(),
+                delivery_timeout: Duration::from_millis(config.kafka.delivery_timeout_ms),
                 kafka_down: AtomicBool::new(true),
                 registry_down: AtomicBool::new(false),
+                drain: AtomicBool::new(false),
                 probe_lock: Mutex::new(()),
                 deferrals: std::sync::Mutex::default(),
                 counters: Counters::default(),
@@ -119,11 +133,9 @@ impl Relay {
         }
         let stop = shutdown.child_token();
         let mut workers = JoinSet::new();
-        for worker in 0..self.shared.config.concurrency {
-            let shared = Arc::clone(&self.shared);
-            let stop = stop.clone();
-            workers.spawn(async move { shared.work(worker, stop).await });
-        }
+        let shared = Arc::clone(&self.shared);
+        let pipeline_stop = stop.clone();
+        workers.spawn(async move { shared.pipeline(pipeline_stop).await });
         supervise::supervise(workers, stop, self.shared.config.shutdown_timeout()).await?;
         let c = &self.shared.counters;
         info!(
@@ -148,6 +160,15 @@ fn outage_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Sleeps for `d`; false if shutdown came first.
 async fn sleep_unless_cancelled(d: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -163,51 +184,188 @@ enum Dependency {
     Registry,
 }
 
+/// The pipeline's batches in flight: their completion tasks, and the ids each holds.
+struct InFlightBatches {
+    tasks: JoinSet<(u64, Result<batch::BatchOutcome, batch::BatchError>)>,
+    ids: std::collections::BTreeMap<u64, Vec<i64>>,
+}
+
 impl Shared {
-    async fn work(&self, worker: u32, shutdown: CancellationToken) -> Result<(), StoreError> {
+    /// Claims and dispatches batches until `shutdown`, `relay.concurrency` in flight at most,
+    /// then lets those in flight complete.
+    async fn pipeline(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), StoreError> {
+        let depth = self.config.concurrency.max(1) as usize;
+        let mut batches = InFlightBatches {
+            tasks: JoinSet::new(),
+            ids: std::collections::BTreeMap::new(),
+        };
+        let mut seq: u64 = 0;
+        let mut last_turn: Option<oneshot::Receiver<batch::Carry>> = None;
         let mut db_delays = outage_backoff();
-        while !shutdown.is_cancelled() {
+        let new_rows = Arc::new(Notify::new());
+        let listener = tokio::spawn(wakeup::listen(
+            self.outbox.clone(),
+            Arc::clone(&new_rows),
+            shutdown.clone(),
+        ));
+        let _stop_listener = AbortOnDrop(listener);
+        let mut idle = false;
+        let result = loop {
+            let mut failed = None;
+            while let Some(joined) = batches.tasks.try_join_next() {
+                if let Err(e) = self.completed(joined, &mut batches, &shutdown).await {
+                    failed = Some(e);
+                }
+            }
+            if let Some(e) = failed {
+                break Err(e);
+            }
+            if shutdown.is_cancelled() {
+                break Ok(());
+            }
+            let draining = self.drain.load(Ordering::SeqCst) && !batches.tasks.is_empty();
+            if batches.tasks.len() >= depth || draining {
+                if let Some(joined) = batches.tasks.join_next().await {
+                    if let Err(e) = self.completed(joined, &mut batches, &shutdown).await {
+                        break Err(e);
+                    }
+                }
+                continue;
+            }
             if !self.wait_for(Dependency::Kafka, &shutdown).await
                 || !self.wait_for(Dependency::Registry, &shutdown).await
             {
-                break;
+                break Ok(());
             }
-            match self.run_batch().await {
-                Ok(outcome) => {
+            if idle {
+                // Nothing was due: ask to be woken by the next insert, then look once more
+                // (a row committed before the arming sent no notification).
+                if let Err(e) = self.outbox.arm_wakeup().await {
+                    debug!(error = %e, "could not arm the wakeup; polling");
+                }
+            }
+            let exempt: Vec<i64> = batches.ids.values().flatten().copied().collect();
+            if batches.tasks.is_empty() {
+                self.drain.store(false, Ordering::SeqCst);
+            }
+            let oldest = batches.ids.keys().next().copied().unwrap_or(seq);
+            match self.dispatch(seq, oldest, &exempt).await {
+                Ok(batch::Dispatched::Batch(ids, batch)) => {
+                    idle = false;
                     db_delays = outage_backoff();
-                    if outcome.kafka_outage {
-                        self.kafka_down.store(true, Ordering::SeqCst);
+                    let (pass, next) = oneshot::channel();
+                    let turn = batch::Turn {
+                        wait: last_turn.replace(next),
+                        pass,
+                    };
+                    debug!(
+                        seq,
+                        claimed = ids.len(),
+                        in_flight = batches.tasks.len() + 1,
+                        "batch dispatched"
+                    );
+                    batches.ids.insert(seq, ids);
+                    let shared = Arc::clone(&self);
+                    let this = seq;
+                    batches
+                        .tasks
+                        .spawn(async move { (this, shared.complete(batch, turn).await) });
+                    seq += 1;
+                }
+                Ok(empty_or_blocked) => {
+                    db_delays = outage_backoff();
+                    let empty = matches!(empty_or_blocked, batch::Dispatched::Empty);
+                    let was_idle = idle;
+                    idle = empty && batches.tasks.is_empty();
+                    if !was_idle {
+                        debug!(empty, in_flight = batches.tasks.len(), "nothing to claim");
                     }
-                    if let Some(why) = outcome.registry_outage {
-                        if !self.registry_down.swap(true, Ordering::SeqCst) {
-                            warn!(worker, error = %why,
-                                "Schema Registry unavailable; nothing is claimed until it answers");
+                    if idle && !was_idle {
+                        // Arm, then claim once more before waiting.
+                        continue;
+                    }
+                    let poll = sleep_unless_cancelled(self.config.poll_interval(), &shutdown);
+                    tokio::select! {
+                        _ = poll => {}
+                        () = new_rows.notified(), if empty => {}
+                        joined = batches.tasks.join_next(), if !batches.tasks.is_empty() => {
+                            if let Some(joined) = joined {
+                                if let Err(e) = self.completed(joined, &mut batches, &shutdown).await {
+                                    break Err(e);
+                                }
+                            }
                         }
                     }
-                    if outcome.claimed == 0 {
-                        sleep_unless_cancelled(self.config.poll_interval(), &shutdown).await;
-                    }
                 }
-                Err(e) if !e.error.is_unavailable() => return Err(e.error),
+                Err(e) if !e.is_unavailable() => break Err(e),
                 Err(e) => {
                     let delay = db_delays.next().unwrap_or(Duration::from_secs(10));
-                    if e.acknowledged > 0 {
-                        warn!(worker, error = %e.error, acknowledged = e.acknowledged,
-                            retry_in = ?delay,
-                            "Postgres unavailable after Kafka acknowledged {} row(s) of the \
-                             batch: they could not be marked delivered, stay pending and will be \
-                             produced again (duplicates carry the same event_id); retrying",
-                            e.acknowledged);
-                    } else {
-                        warn!(worker, error = %e.error, retry_in = ?delay,
-                            "Postgres unavailable; no row was touched, retrying");
-                    }
+                    warn!(error = %e, retry_in = ?delay,
+                        "Postgres unavailable; no row was touched, retrying");
                     sleep_unless_cancelled(delay, &shutdown).await;
                 }
             }
+        };
+        // Stop claiming; let the batches in flight complete (supervise bounds this).
+        while let Some(joined) = batches.tasks.join_next().await {
+            let _ = self.completed(joined, &mut batches, &shutdown).await;
         }
-        debug!(worker, "worker stopped");
-        Ok(())
+        debug!("pipeline stopped");
+        result
+    }
+
+    /// A batch's completion ended: its rows are no longer in flight; act on how it ended. An error is
+    /// one waiting cannot heal (the relay stops); a completion that panicked panics here too,
+    /// so the supervisor ends the relay with it.
+    async fn completed(
+        &self,
+        joined: Result<
+            (u64, Result<batch::BatchOutcome, batch::BatchError>),
+            tokio::task::JoinError,
+        >,
+        batches: &mut InFlightBatches,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let (seq, result) = match joined {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
+                // Aborted: only at shutdown, past its bound.
+                debug!(error = %e, "a batch's completion was cancelled");
+                return Ok(());
+            }
+        };
+        batches.ids.remove(&seq);
+        match result {
+            Ok(outcome) => {
+                if outcome.kafka_outage {
+                    self.kafka_down.store(true, Ordering::SeqCst);
+                }
+                if let Some(why) = outcome.registry_outage {
+                    if !self.registry_down.swap(true, Ordering::SeqCst) {
+                        warn!(error = %why,
+                            "Schema Registry unavailable; nothing is claimed until it answers");
+                    }
+                }
+                Ok(())
+            }
+            Err(e) if !e.error.is_unavailable() => Err(e.error),
+            Err(e) => {
+                let delay = Duration::from_millis(500);
+                if e.acknowledged > 0 {
+                    warn!(error = %e.error, acknowledged = e.acknowledged, retry_in = ?delay,
+                        "Postgres unavailable after Kafka acknowledged {} row(s) of the \
+                         batch: they could not be marked delivered, stay pending and will be \
+                         produced again (duplicates carry the same event_id); retrying",
+                        e.acknowledged);
+                } else {
+                    warn!(error = %e.error, retry_in = ?delay,
+                        "Postgres unavailable; no row was touched, retrying");
+                }
+                sleep_unless_cancelled(delay, shutdown).await;
+                Ok(())
+            }
+        }
     }
 
     fn down_flag(&self, dependency: Dependency) -> &AtomicBool {

@@ -39,7 +39,7 @@ async fn claim_at_once(store: &Outbox, n: usize, limit: u32) -> Vec<(Tx, Vec<Cla
             tokio::spawn(async move {
                 let mut tx = store.begin().await.unwrap();
                 barrier.wait().await;
-                let rows = store.claim(&mut tx, limit).await.unwrap();
+                let rows = store.claim(&mut tx, limit, &[]).await.unwrap().rows;
                 (tx, rows)
             })
         })
@@ -103,11 +103,14 @@ async fn a_later_row_of_a_key_is_not_claimed_while_an_earlier_one_is_claimed_by_
     let other = insert_at(&outbox, Some("j"), "").await;
 
     let mut a = store.begin().await.unwrap();
-    assert_eq!(ids(&store.claim(&mut a, 1).await.unwrap()), [first]);
+    assert_eq!(
+        ids(&store.claim(&mut a, 1, &[]).await.unwrap().rows),
+        [first]
+    );
     let mut b = store.begin().await.unwrap();
     // Row `other` (a later id, another key) is claimed: this claim looked past row `second`.
     assert_eq!(
-        ids(&store.claim(&mut b, 10).await.unwrap()),
+        ids(&store.claim(&mut b, 10, &[]).await.unwrap().rows),
         [other],
         "row {second} of key k was claimed while row {first} was claimed by another transaction"
     );
@@ -122,7 +125,7 @@ async fn a_later_row_of_a_key_is_not_claimed_while_an_earlier_one_is_claimed_by_
     a.commit().await.unwrap();
     let mut c = store.begin().await.unwrap();
     assert_eq!(
-        ids(&store.claim(&mut c, 10).await.unwrap()),
+        ids(&store.claim(&mut c, 10, &[]).await.unwrap().rows),
         [second, other]
     );
 }
@@ -169,7 +172,7 @@ async fn rows_behind_a_backing_off_or_key_holding_row_and_rows_not_yet_due_are_n
     let sentinel = insert_at(&outbox, Some("sentinel"), "").await;
 
     let mut tx = store.begin().await.unwrap();
-    let claimed = ids(&store.claim(&mut tx, 100).await.unwrap());
+    let claimed = ids(&store.claim(&mut tx, 100, &[]).await.unwrap().rows);
     tx.rollback().await.unwrap();
     println!(
         "claimed {claimed:?}; backing off {backing_off} (then {behind_backing_off}), holding \
@@ -189,7 +192,7 @@ async fn rows_behind_a_backing_off_or_key_holding_row_and_rows_not_yet_due_are_n
     .await
     .unwrap();
     let mut tx = store.begin().await.unwrap();
-    let claimed = ids(&store.claim(&mut tx, 100).await.unwrap());
+    let claimed = ids(&store.claim(&mut tx, 100, &[]).await.unwrap().rows);
     assert_eq!(
         claimed,
         [

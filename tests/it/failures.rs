@@ -61,7 +61,7 @@ async fn a_transient_failure_is_retried_and_the_row_is_delivered_once_before_lat
             ..TopicConfig::default()
         },
     );
-    set_property(&mut config, "message.timeout.ms", "1500");
+    config.kafka.delivery_timeout_ms = 1500;
     outbox.install_history().await;
     let first = outbox
         .insert(&topic, Some("k"), serde_json::json!({"key": "k", "n": 0}))
@@ -326,7 +326,7 @@ async fn a_row_for_an_invalid_topic_name_is_parked_with_a_readable_reason() {
     let outbox = TestOutbox::new(1).await;
     let mut config = outbox.config();
     // Safety net: if librdkafka only ever reports a timeout, don't wait the 300 s default.
-    set_property(&mut config, "message.timeout.ms", "3000");
+    config.kafka.delivery_timeout_ms = 3000;
     // Migration 0004 refuses such a row at INSERT; one written before it must still be parked.
     let drop = "DROP CONSTRAINT outbox_topic_is_a_kafka_topic_name";
     sqlx::query(&format!("ALTER TABLE {} {drop}", outbox.table()))

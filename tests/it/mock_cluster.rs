@@ -278,7 +278,7 @@ async fn retry_delays_double_within_equal_jitter_bounds_and_the_row_is_parked_af
     config.kafka.properties.remove("message.send.max.retries");
     set_property(&mut config, "retry.backoff.ms", "50");
     set_property(&mut config, "retry.backoff.max.ms", "50");
-    set_property(&mut config, "message.timeout.ms", "1000");
+    config.kafka.delivery_timeout_ms = 1000;
     outbox.install_history().await;
     produce_errors(
         &mock,

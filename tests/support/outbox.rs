@@ -199,7 +199,7 @@ impl TestOutbox {
             &path,
             format!(
                 "[database]\nurl = {url:?}\nschema = {schema:?}\n\n\
-                 [kafka]\nbootstrap_servers = {bootstrap:?}\n\n\
+                 [kafka]\nbootstrap_servers = {bootstrap:?}\ndelivery_timeout_ms = {delivery}\n\n\
                  [relay]\nbatch_size = {batch}\nconcurrency = {conc}\npoll_interval_ms = 20\n\
                  shutdown_timeout_ms = {shutdown}\n{extra}\n",
                 url = self.database_url,
@@ -207,6 +207,7 @@ impl TestOutbox {
                 batch = c.relay.batch_size,
                 conc = c.relay.concurrency,
                 shutdown = c.relay.shutdown_timeout_ms,
+                delivery = c.kafka.delivery_timeout_ms,
             ),
         )
         .unwrap();

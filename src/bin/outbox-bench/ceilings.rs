@@ -48,7 +48,7 @@ async fn sql_rate(
     let mut done = 0u64;
     loop {
         let mut tx = outbox.begin().await?;
-        let claimed = outbox.claim(&mut tx, batch).await?;
+        let claimed = outbox.claim(&mut tx, batch, &[]).await?.rows;
         if claimed.is_empty() {
             tx.commit().await?;
             break;

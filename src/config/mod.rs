@@ -84,6 +84,10 @@ pub struct KafkaConfig {
     pub client_id: String,
     /// Timeout of the metadata request used to check that Kafka answers, in milliseconds.
     pub metadata_timeout_ms: u64,
+    /// Park a row its topic's configuration will refuse (a `created_at` outside the timestamp
+    /// window, no key on a compacted topic) before producing it, from the topic's described
+    /// configs (cached 60 s). Off: such rows go to Kafka, which refuses them.
+    pub check_topic_limits: bool,
     /// librdkafka properties passed through as they are (e.g. `"linger.ms" = 5`,
     /// `"security.protocol" = "SASL_SSL"`). `acks` and `enable.idempotence` are always `all`
     /// and `true`; a property contradicting them is refused.
@@ -103,6 +107,7 @@ impl fmt::Debug for KafkaConfig {
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("client_id", &self.client_id)
             .field("metadata_timeout_ms", &self.metadata_timeout_ms)
+            .field("check_topic_limits", &self.check_topic_limits)
             .field("properties", &properties)
             .finish()
     }
@@ -114,6 +119,7 @@ impl Default for KafkaConfig {
             bootstrap_servers: String::new(),
             client_id: "outbox-relay".into(),
             metadata_timeout_ms: 5_000,
+            check_topic_limits: true,
             properties: BTreeMap::new(),
         }
     }

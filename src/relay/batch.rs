@@ -107,8 +107,11 @@ enum HandOver {
 }
 
 impl Shared {
-    /// Serializes `row` and hands it to librdkafka.
+    /// Checks `row` against its topic's limits, serializes it and hands it to librdkafka.
     async fn hand_over(&self, row: &ClaimedRow) -> Result<DeliveryFuture, HandOver> {
+        if let Some(reason) = self.topic_limits.refusal_for(row).await {
+            return Err(HandOver::Failed(ProduceError::BadRow(reason)));
+        }
         match self
             .serializer
             .serialize(row, self.policies.get(&row.topic))

@@ -154,7 +154,7 @@ fn refusal(
 struct Cached {
     limits: Option<Limits>,
     until: Instant,
-    /// The last describe failed (its failure was said once, at WARN).
+    /// A describe failure was said at WARN and the topic has not been described since.
     failing: bool,
 }
 
@@ -259,7 +259,7 @@ impl Inner {
                 *c = Cached {
                     limits: None,
                     until: now + UNKNOWN_FOR,
-                    failing: true,
+                    failing: c.failing || why != NO_CONFIGS,
                 };
             }
         }

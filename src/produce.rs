@@ -15,7 +15,9 @@ use crate::outbox::ClaimedRow;
 use crate::serialize::Encoded;
 
 mod context;
+mod topic_limits;
 pub use context::{KafkaHealth, RelayContext};
+pub use topic_limits::TopicLimits;
 
 /// What the relay does about a failed row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -89,6 +89,10 @@ pub struct KafkaConfig {
     /// row locks, its connection) stays open: at most this, plus the time to write the batch's
     /// outcome. At most `relay.shutdown_timeout_ms`, so that a shutdown can wait it out.
     pub delivery_timeout_ms: u64,
+    /// Park a row its topic's configuration will refuse (a `created_at` outside the timestamp
+    /// window, no key on a compacted topic) before producing it, from the topic's described
+    /// configs (cached 60 s). Off: such rows go to Kafka, which refuses them.
+    pub check_topic_limits: bool,
     /// librdkafka properties passed through as they are (e.g. `"linger.ms" = 5`,
     /// `"security.protocol" = "SASL_SSL"`). `acks` and `enable.idempotence` are always `all`
     /// and `true`; a property contradicting them is refused.
@@ -109,6 +113,7 @@ impl fmt::Debug for KafkaConfig {
             .field("client_id", &self.client_id)
             .field("metadata_timeout_ms", &self.metadata_timeout_ms)
             .field("delivery_timeout_ms", &self.delivery_timeout_ms)
+            .field("check_topic_limits", &self.check_topic_limits)
             .field("properties", &properties)
             .finish()
     }
@@ -121,6 +126,7 @@ impl Default for KafkaConfig {
             client_id: "outbox-relay".into(),
             metadata_timeout_ms: 5_000,
             delivery_timeout_ms: 20_000,
+            check_topic_limits: true,
             properties: BTreeMap::new(),
         }
     }

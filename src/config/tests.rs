@@ -211,3 +211,16 @@ fn registry_password_is_redacted_in_config_check_output() {
     assert!(!toml.contains("p4ss"), "{toml}");
     assert!(toml.contains("username = \"key\""), "{toml}");
 }
+
+#[test]
+fn topic_limit_checks_are_on_by_default_and_config_check_shows_the_switch() {
+    let on = from_toml(MINIMAL).unwrap();
+    assert!(on.kafka.check_topic_limits);
+    assert!(
+        on.to_redacted_toml().contains("check_topic_limits = true"),
+        "{}",
+        on.to_redacted_toml()
+    );
+    let off = from_toml(&format!("{MINIMAL}\ncheck_topic_limits = false\n")).unwrap();
+    assert!(!off.kafka.check_topic_limits);
+}

@@ -153,8 +153,11 @@ enum HandOver {
 }
 
 impl Shared {
-    /// Serializes `row` and hands it to librdkafka.
+    /// Checks `row` against its topic's limits, serializes it and hands it to librdkafka.
     async fn hand_over(&self, row: &ClaimedRow) -> Result<DeliveryFuture, HandOver> {
+        if let Some(reason) = self.topic_limits.refusal_for(row).await {
+            return Err(HandOver::Failed(ProduceError::BadRow(reason)));
+        }
         match self
             .serializer
             .serialize(row, self.policies.get(&row.topic))
@@ -222,7 +225,7 @@ impl Shared {
                 (!holds.is_empty() && holds.contains(&k))
                     || (!blocked.is_empty() && blocked.contains(&k))
             });
-            if out.registry_outage.is_some() || held {
+            if out.registry_outage.is_some() || held || self.kafka_down.load(Ordering::SeqCst) {
                 out.untouched.push(index);
                 continue;
             }
@@ -330,26 +333,12 @@ impl Shared {
             left_keyed.extend(beyond);
         }
 
-        // 3. The next batch may hand its rows over now, but none of a key that failed or was
-        //    left untouched here.
-        let before = carry.0.len();
-        carry.0.extend(
-            failures
-                .iter()
-                .map(|f| f.index)
-                .chain(left_keyed)
-                .filter_map(|i| {
-                    let row = &rows[i];
-                    row.key.clone().map(|k| (seq, row.topic.clone(), k))
-                }),
-        );
-        if carry.0.len() > before {
-            // Batches claimed meanwhile will leave these keys' rows untouched; let the pipeline
-            // drain before it claims again, so that the next claim starts from what is written.
-            self.drain.store(true, Ordering::SeqCst);
-        }
-        let _ = turn.pass.send(carry);
-        // 4. A topic that refuses us is deferred as a whole.
+        // 3. A topic that refuses us is deferred as a whole.
+        let failed_keyed: Vec<usize> = failures
+            .iter()
+            .filter(|f| rows[f.index].key.is_some())
+            .map(|f| f.index)
+            .collect();
         let mut defer: HashMap<&str, String> = defer
             .into_iter()
             .map(|(i, reason)| (rows[i].topic.as_str(), reason))
@@ -372,7 +361,7 @@ impl Shared {
             }
         }
 
-        // 5. Decide. A timeout while no broker answers is the cluster's fault, not the row's.
+        // 4. Decide. A timeout while no broker answers is the cluster's fault, not the row's.
         let kafka_answers = !failures.iter().any(|f| f.disposition == Disposition::Retry)
             || self.producer.probe().await.is_ok();
         for f in &failures {
@@ -389,6 +378,30 @@ impl Shared {
         let decisions = decide(&rows, failures, &self.policies, kafka_answers, jitter_unit);
         outcome.kafka_outage = decisions.kafka_outage;
         untouched += decisions.untouched;
+        if decisions.kafka_outage {
+            // Before the next batch's turn: it must not hand its rows to a Kafka that is away.
+            self.kafka_down.store(true, Ordering::SeqCst);
+        }
+
+        // 5. The next batch may hand its rows over now, but none of a key that failed or was
+        //    left untouched here.
+        let before = carry.0.len();
+        carry.0.extend(
+            failed_keyed
+                .iter()
+                .copied()
+                .chain(left_keyed)
+                .filter_map(|i| {
+                    let row = &rows[i];
+                    row.key.clone().map(|k| (seq, row.topic.clone(), k))
+                }),
+        );
+        if carry.0.len() > before {
+            // Batches claimed meanwhile will leave these keys' rows untouched; let the pipeline
+            // drain before it claims again, so that the next claim starts from what is written.
+            self.drain.store(true, Ordering::SeqCst);
+        }
+        let _ = turn.pass.send(carry);
 
         self.note_out_of_order(&rows, &delivered, &failures_at_kafka);
 

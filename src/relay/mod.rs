@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, RegistryConfig, RelayConfig, TopicPolicies};
 use crate::outbox::{Outbox, StoreError};
-use crate::produce::Producer;
+use crate::produce::{Producer, TopicLimits};
 use crate::serialize::registry::RegistryError;
 use crate::serialize::Serializer;
 
@@ -72,6 +72,8 @@ pub struct Relay {
 struct Shared {
     outbox: Outbox,
     producer: Producer,
+    /// What the topics will refuse, foreseen before producing.
+    topic_limits: TopicLimits,
     serializer: Serializer,
     policies: TopicPolicies,
     config: RelayConfig,
@@ -100,6 +102,7 @@ impl Relay {
             shared: Arc::new(Shared {
                 outbox,
                 producer,
+                topic_limits: TopicLimits::new(&config.kafka)?,
                 serializer,
                 policies: config.topic_policies(),
                 config: config.relay.clone(),

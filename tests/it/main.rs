@@ -27,3 +27,4 @@ mod serialization;
 mod serialization_failures;
 mod serialization_keys;
 mod startup;
+mod topic_prechecks;

@@ -60,6 +60,10 @@ mod logical_tests;
 #[path = "avro_proptest.rs"]
 mod proptests;
 
+#[cfg(test)]
+#[path = "avro_number_tests.rs"]
+mod number_tests;
+
 /// Encodes JSON payloads for one Avro schema. Build once per schema id and share (`Send + Sync`).
 #[derive(Debug)]
 pub struct AvroEncoder {

@@ -15,6 +15,9 @@ use serde_json::Value;
 
 use super::{write_zigzag, EncodeError, SchemaError};
 
+#[path = "protobuf_numbers.rs"]
+mod numbers;
+
 /// The name the registered schema text is compiled under.
 const FILE_NAME: &str = "schema.proto";
 
@@ -90,6 +93,15 @@ impl ProtobufEncoder {
     /// Appends Confluent's message-index array, then the protobuf bytes of `payload`.
     /// On error `out` is left as it was.
     pub fn encode(&self, payload: &Value, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        // Integers exact or refused, floats rounded once: see `numbers`.
+        let fixes = numbers::check(&self.message, payload)?;
+        let fixed;
+        let payload = if fixes.is_empty() {
+            payload
+        } else {
+            fixed = numbers::apply(payload, fixes);
+            &fixed
+        };
         let msg =
             DynamicMessage::deserialize_with_options(self.message.clone(), payload, &self.options)
                 .map_err(|_| self.locate_error(payload))?;
@@ -214,3 +226,7 @@ impl FileResolver for Imports {
 #[cfg(test)]
 #[path = "protobuf_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "protobuf_number_tests.rs"]
+mod number_tests;

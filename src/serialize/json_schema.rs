@@ -4,8 +4,10 @@
 //! validation errors into [`EncodeError`]s a person can act on: a dotted field path
 //! (`changes[2].file`) plus what is wrong. `required` and `additionalProperties` errors point at
 //! the missing or unexpected field itself, as the Avro encoder does. The bytes written are the
-//! compact JSON text of the payload; Confluent's JSON Schema serializer adds nothing else after
-//! the 5-byte header.
+//! payload's own JSON text as the row holds it ([`JsonSchemaEncoder::encode_text`]; every number
+//! as written), or, without that text, its compact JSON text; Confluent's JSON Schema serializer
+//! adds nothing else after the 5-byte header. Validation compares numbers exactly (jsonschema's
+//! `arbitrary-precision` feature).
 //!
 //! Remote `$ref`s resolve only to the schema's Confluent references (by their name): there is no
 //! I/O here, and any other remote `$ref` makes `new` fail.

@@ -5,7 +5,7 @@
 //! references, by their reference name: see `with_imports`), choosing the message, computing its Confluent message-index path once, and turning JSON
 //! into a `DynamicMessage` with prost-reflect's proto3 JSON mapping (field names as in the
 //! `.proto` or camelCase; 64-bit integers as numbers or strings; enums by name or number;
-//! unknown fields are refused). Deserializing runs without path tracking; only when it fails is
+//! unknown fields are refused; numbers exact or refused, see `numbers`). Deserializing runs without path tracking; only when it fails is
 //! it re-run with `serde_path_to_error` to name the field, so valid rows pay nothing for it.
 
 use prost::Message as _;

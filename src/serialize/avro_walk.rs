@@ -387,26 +387,26 @@ pub(super) fn mismatch(expected: &str, v: &Value) -> EncodeError {
 /// A JSON number that is exactly an integer (`7`, `7.0`, `7e0`) an `i64` holds, read from its
 /// text; anything else is refused with the value as written.
 fn integer(v: &Value, expected: &str) -> Result<i64> {
-    let Value::Number(n) = v else {
-        return Err(mismatch(expected, v));
-    };
-    match number::integral(n) {
-        number::Integral::Int(i) => i64::try_from(i)
-            .map_err(|_| EncodeError::new(format!("{n} is out of range for a long"))),
-        number::Integral::Huge => Err(EncodeError::new(format!("{n} is out of range for a long"))),
-        number::Integral::Fraction => Err(EncodeError::new(format!(
-            "expected {expected}, got {n} which is not an integer"
-        ))),
-    }
+    exact_integer(v, expected, "a long")
 }
 
 /// [`integer`], for the 32-bit `int` (and `date`, `time-millis`).
 fn int(v: &Value, expected: &str) -> Result<i32> {
-    let out_of_range = || EncodeError::new(format!("{v} is out of range for an int (32-bit)"));
-    match integer(v, expected) {
-        Ok(n) => i32::try_from(n).map_err(|_| out_of_range()),
-        Err(e) if e.message.ends_with("out of range for a long") => Err(out_of_range()),
-        Err(e) => Err(e),
+    exact_integer(v, expected, "an int (32-bit)")
+}
+
+/// The exact integer `v` is, if `T` (named `type_name` in errors) holds it.
+fn exact_integer<T: TryFrom<i128>>(v: &Value, expected: &str, type_name: &str) -> Result<T> {
+    let Value::Number(n) = v else {
+        return Err(mismatch(expected, v));
+    };
+    let out_of_range = || EncodeError::new(format!("{n} is out of range for {type_name}"));
+    match number::integral(n) {
+        number::Integral::Int(i) => T::try_from(i).map_err(|_| out_of_range()),
+        number::Integral::Huge => Err(out_of_range()),
+        number::Integral::Fraction => Err(EncodeError::new(format!(
+            "expected {expected}, got {n} which is not an integer"
+        ))),
     }
 }
 

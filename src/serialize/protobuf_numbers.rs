@@ -102,8 +102,7 @@ fn check_message(
     fixes: &mut Vec<Fix>,
 ) -> Result {
     match message.full_name() {
-        "google.protobuf.Value" => return check_free(v, path, fixes),
-        "google.protobuf.Struct" | "google.protobuf.ListValue" => {
+        "google.protobuf.Value" | "google.protobuf.Struct" | "google.protobuf.ListValue" => {
             return check_free(v, path, fixes)
         }
         "google.protobuf.Int32Value"

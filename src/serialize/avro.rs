@@ -12,8 +12,10 @@
 //! - **records**: a JSON object. A missing field takes the schema's default, else it is an error.
 //!   A key the record does not declare is an error ("not in the schema"): the relay refuses to
 //!   drop data silently. An explicit `null` is a value, not "missing".
-//! - **int / long**: JSON integers (or integral floats such as `2.0`) in range; `1.5` or `2^40`
-//!   for an `int` is an error. **float / double** accept any JSON number.
+//! - **int / long**: JSON numbers that are exactly an integer in range, read from their text
+//!   (`2`, `2.0`, `2e0`; see `serialize::number`); `1.5`, `1.0000000000000000001` or `2^40` for an
+//!   `int` is an error naming the value. **float / double** accept any JSON number and take the
+//!   nearest value, rounded once from its text; overflow (`1e400`) is an error.
 //! - **bytes**: a JSON string, written as its UTF-8 bytes, or an array of numbers 0–255.
 //!   **fixed**: the same, and the byte count must equal the size. (Record defaults for bytes and
 //!   fixed follow the Avro spec instead: one byte per code point 0–255.)
@@ -26,11 +28,12 @@
 //!   (sub-unit digits are floored); `date` from integer days or `YYYY-MM-DD`; `time-millis` /
 //!   `time-micros` from integers within one day; `uuid` from a valid UUID string (written in
 //!   canonical lowercase form); `decimal` (bytes or fixed, precision ≤ 38) from a decimal string
-//!   (`"12.34"`) or a JSON number, rejected when it needs more places than `scale` or more digits
-//!   than `precision`. `big-decimal` is not supported.
+//!   (`"12.34"`) or a JSON number (its exact digits), rejected when it needs more places than
+//!   `scale` or more digits than `precision`, never rounded. `big-decimal` is not supported.
 //! - **free-form JSON** (product convention): a field whose type is `string` or a union with
 //!   `string` and that carries `"outbox.json": true` accepts any JSON value and writes its
-//!   compact JSON text (`serde_json::to_string`; a JSON string is written quoted). In such a
+//!   compact JSON text (`serde_json::to_string`, numbers as written; a JSON string is written
+//!   quoted). In such a
 //!   union, wrapper objects are *not* unwrapped: the object is the data.
 
 use std::collections::HashMap;
@@ -59,6 +62,10 @@ mod logical_tests;
 #[cfg(test)]
 #[path = "avro_proptest.rs"]
 mod proptests;
+
+#[cfg(test)]
+#[path = "avro_number_tests.rs"]
+mod number_tests;
 
 /// Encodes JSON payloads for one Avro schema. Build once per schema id and share (`Send + Sync`).
 #[derive(Debug)]

@@ -112,7 +112,7 @@ pub(super) fn parse_decimal(
         }
         if !digits.ends_with('0') {
             return Err(EncodeError::new(format!(
-                "`{text}` has more than {scale} decimal places (the schema's scale); refusing to round"
+                "`{text}` has more than {scale} decimal places (the scale of decimal({precision}, {scale})); refusing to round"
             )));
         }
         digits.pop();

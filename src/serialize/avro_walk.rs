@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use super::logical;
 use super::{AvroEncoder, Mode, Node, NodeId, RecordNode, UnionNode, UuidRepr};
+use crate::serialize::number;
 use crate::serialize::{write_zigzag, EncodeError};
 
 type Result<T = ()> = std::result::Result<T, EncodeError>;
@@ -31,8 +32,7 @@ impl AvroEncoder {
                 _ => Err(mismatch("a boolean", v)),
             },
             Node::Int => {
-                let n = integer(v, "an int")?;
-                write_zigzag(out, to_i32(n)?.into());
+                write_zigzag(out, int(v, "an int")?.into());
                 Ok(())
             }
             Node::Long => {
@@ -40,17 +40,13 @@ impl AvroEncoder {
                 Ok(())
             }
             Node::Float => {
-                let f = number(v, "a float")?;
-                if f.is_finite() && f.abs() > f64::from(f32::MAX) {
-                    return Err(EncodeError::new(format!("{v} is out of range for a float")));
-                }
-                // Narrowing is the point: the schema says float.
-                #[allow(clippy::cast_possible_truncation)]
-                out.extend_from_slice(&(f as f32).to_le_bytes());
+                let f = float(v, number::nearest_f32, "a float")?;
+                out.extend_from_slice(&f.to_le_bytes());
                 Ok(())
             }
             Node::Double => {
-                out.extend_from_slice(&number(v, "a double")?.to_le_bytes());
+                let f = float(v, number::nearest_f64, "a double")?;
+                out.extend_from_slice(&f.to_le_bytes());
                 Ok(())
             }
             Node::String => match v {
@@ -143,13 +139,10 @@ impl AvroEncoder {
                 scale,
                 fixed,
             } => {
-                let number;
+                // A number's text as written (serde_json's arbitrary_precision): exact digits.
                 let text = match v {
                     Value::String(s) => s.as_str(),
-                    Value::Number(n) => {
-                        number = n.to_string();
-                        number.as_str()
-                    }
+                    Value::Number(n) => n.as_str(),
                     _ => return Err(mismatch("a decimal (string or number)", v)),
                 };
                 let unscaled = logical::parse_decimal(text, *precision, *scale)?;
@@ -177,13 +170,13 @@ impl AvroEncoder {
             Node::Date => {
                 let days = match v {
                     Value::String(s) => logical::parse_date(s)?,
-                    _ => to_i32(integer(v, "a date (days since 1970-01-01 or YYYY-MM-DD)")?)?,
+                    _ => int(v, "a date (days since 1970-01-01 or YYYY-MM-DD)")?,
                 };
                 write_zigzag(out, days.into());
                 Ok(())
             }
             Node::TimeMillis => {
-                let ms = to_i32(integer(v, "a time-millis (integer)")?)?;
+                let ms = int(v, "a time-millis (integer)")?;
                 logical::check_time_of_day(ms.into(), 86_400_000, "milliseconds")?;
                 write_zigzag(out, ms.into());
                 Ok(())
@@ -391,39 +384,46 @@ pub(super) fn mismatch(expected: &str, v: &Value) -> EncodeError {
     EncodeError::new(format!("expected {expected}, got {got}"))
 }
 
-/// A JSON integer, or a float with no fractional part that an `i64` holds exactly.
+/// A JSON number that is exactly an integer (`7`, `7.0`, `7e0`) an `i64` holds, read from its
+/// text; anything else is refused with the value as written.
 fn integer(v: &Value, expected: &str) -> Result<i64> {
+    exact_integer(v, expected, "a long")
+}
+
+/// [`integer`], for the 32-bit `int` (and `date`, `time-millis`).
+fn int(v: &Value, expected: &str) -> Result<i32> {
+    exact_integer(v, expected, "an int (32-bit)")
+}
+
+/// The exact integer `v` is, if `T` (named `type_name` in errors) holds it.
+fn exact_integer<T: TryFrom<i128>>(v: &Value, expected: &str, type_name: &str) -> Result<T> {
     let Value::Number(n) = v else {
         return Err(mismatch(expected, v));
     };
-    if let Some(i) = n.as_i64() {
-        return Ok(i);
+    let out_of_range = || EncodeError::new(format!("{n} is out of range for {type_name}"));
+    match number::integral(n) {
+        number::Integral::Int(i) => T::try_from(i).map_err(|_| out_of_range()),
+        number::Integral::Huge => Err(out_of_range()),
+        number::Integral::Fraction => Err(EncodeError::new(format!(
+            "expected {expected}, got {n} which is not an integer"
+        ))),
     }
-    if n.is_u64() {
-        return Err(EncodeError::new(format!("{n} is out of range for a long")));
-    }
-    let f = n.as_f64().unwrap_or(f64::NAN);
-    // 2^63 as f64 is exact; anything at or above it (or below -2^63) does not fit.
-    if f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)
-    {
-        #[allow(clippy::cast_possible_truncation)]
-        return Ok(f as i64);
-    }
-    Err(EncodeError::new(format!(
-        "expected {expected}, got {n} which is not an integer"
-    )))
 }
 
-fn to_i32(n: i64) -> Result<i32> {
-    i32::try_from(n)
-        .map_err(|_| EncodeError::new(format!("{n} is out of range for an int (32-bit)")))
-}
-
-fn number(v: &Value, expected: &str) -> Result<f64> {
-    match v {
-        Value::Number(n) => Ok(n.as_f64().unwrap_or(f64::NAN)),
-        _ => Err(mismatch(expected, v)),
-    }
+/// The nearest binary value to a JSON number (what a float or double field asks for), read
+/// once from its text; overflow is refused.
+fn float<F>(
+    v: &Value,
+    nearest: impl Fn(&serde_json::Number) -> Option<F>,
+    expected: &str,
+) -> Result<F> {
+    let Value::Number(n) = v else {
+        return Err(mismatch(expected, v));
+    };
+    nearest(n).ok_or_else(|| {
+        let name = expected.trim_start_matches("a ");
+        EncodeError::new(format!("{n} is out of range for a {name}"))
+    })
 }
 
 /// Bytes for `bytes` / `fixed`: payload strings are UTF-8, defaults are code points 0–255

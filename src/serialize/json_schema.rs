@@ -4,8 +4,10 @@
 //! validation errors into [`EncodeError`]s a person can act on: a dotted field path
 //! (`changes[2].file`) plus what is wrong. `required` and `additionalProperties` errors point at
 //! the missing or unexpected field itself, as the Avro encoder does. The bytes written are the
-//! compact JSON text of the payload; Confluent's JSON Schema serializer adds nothing else after
-//! the 5-byte header.
+//! payload's own JSON text as the row holds it ([`JsonSchemaEncoder::encode_text`]; every number
+//! as written), or, without that text, its compact JSON text; Confluent's JSON Schema serializer
+//! adds nothing else after the 5-byte header. Validation compares numbers exactly (jsonschema's
+//! `arbitrary-precision` feature).
 //!
 //! Remote `$ref`s resolve only to the schema's Confluent references (by their name): there is no
 //! I/O here, and any other remote `$ref` makes `new` fail.
@@ -93,6 +95,22 @@ impl JsonSchemaEncoder {
             .map_err(|e| EncodeError::new(format!("cannot write as JSON text: {e}")))
     }
 
+    /// Validates `payload`, then appends `text`, its JSON text as the row holds it: the
+    /// record carries the payload's exact text (every digit of every number, as written).
+    /// On error `out` is left as it was.
+    pub fn encode_text(
+        &self,
+        payload: &Value,
+        text: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        if !self.validator.is_valid(payload) {
+            return Err(self.describe(payload));
+        }
+        out.extend_from_slice(text.as_bytes());
+        Ok(())
+    }
+
     /// Slow path, only for invalid payloads: the first problem gives the path, a few more are
     /// appended so a person fixing the row sees them together.
     fn describe(&self, payload: &Value) -> EncodeError {
@@ -116,6 +134,19 @@ impl JsonSchemaEncoder {
         }
         first
     }
+}
+
+/// `object_text` (the JSON text of an object) with `"event_id": "<id>"` added as its first
+/// member, the rest of the text untouched.
+pub(crate) fn with_event_id(object_text: &str, id: &str) -> String {
+    let trimmed = object_text.trim_start();
+    let Some(rest) = trimmed.strip_prefix('{') else {
+        return object_text.to_owned();
+    };
+    let empty = rest.trim_start().starts_with('}');
+    let member = serde_json::to_string(id).unwrap_or_default();
+    let separator = if empty { "" } else { ", " };
+    format!("{{\"event_id\": {member}{separator}{rest}")
 }
 
 fn to_encode_error(e: &ValidationError<'_>) -> EncodeError {
@@ -308,6 +339,83 @@ mod tests {
             "{err}"
         );
         assert!(JsonSchemaEncoder::new(r#"{"$ref": "https://example.com/other.json"}"#).is_err());
+    }
+
+    /// Encodes the payload given as JSON text (what the relay reads from Postgres).
+    fn encode_text(schema: &str, text: &str) -> Result<String, EncodeError> {
+        let payload: Value = serde_json::from_str(text).expect("JSON");
+        let mut out = Vec::new();
+        JsonSchemaEncoder::new(schema)
+            .unwrap()
+            .encode_text(&payload, text, &mut out)
+            .map(|()| String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn the_event_id_is_added_as_the_first_member_and_the_rest_is_untouched() {
+        assert_eq!(
+            with_event_id(r#"{"n": 1.50, "a": [1e3]}"#, "e-1"),
+            r#"{"event_id": "e-1", "n": 1.50, "a": [1e3]}"#
+        );
+        assert_eq!(with_event_id("{}", "e-1"), r#"{"event_id": "e-1"}"#);
+        assert_eq!(with_event_id(" { } ", "e-1"), r#"{"event_id": "e-1" } "#);
+    }
+
+    #[test]
+    fn numbers_are_sent_with_their_exact_digits() {
+        let schema = r#"{"type": "object", "properties": {"n": {"type": "number"}}}"#;
+        for text in [
+            r#"{"n": 123456789012345678901234567890}"#,
+            r#"{"n": 9007199254740993}"#,
+            r#"{"n": 0.1000000000000000055511151231257827}"#,
+            r#"{"n": 1.50}"#,
+            r#"{"n": -0}"#,
+        ] {
+            let out = encode_text(schema, text).unwrap();
+            let want: Value = serde_json::from_str(text).unwrap();
+            let digits = &text[6..text.len() - 1];
+            assert!(out.contains(digits), "{text} was sent as {out}");
+            assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn numeric_keywords_compare_exact_values_not_their_nearest_doubles() {
+        let cases = [
+            // (schema, instance, valid?)
+            (
+                r#"{"maximum": 9007199254740992}"#,
+                "9007199254740993",
+                false,
+            ),
+            (r#"{"maximum": 9007199254740993}"#, "9007199254740993", true),
+            (
+                r#"{"exclusiveMinimum": 0.1}"#,
+                "0.1000000000000000000001",
+                true,
+            ),
+            (r#"{"minimum": 0.1000000000000000000001}"#, "0.1", false),
+            (r#"{"multipleOf": 3}"#, "9007199254740995", false),
+            (r#"{"multipleOf": 3}"#, "9007199254740993", true),
+            (r#"{"multipleOf": 0.01}"#, "12345678901234567.89", true),
+            (
+                r#"{"multipleOf": 0.01}"#,
+                "0.1000000000000000055511151231257827",
+                false,
+            ),
+            (r#"{"type": "integer"}"#, "1.0000000000000000001", false),
+            (
+                r#"{"type": "integer"}"#,
+                "123456789012345678901234567890",
+                true,
+            ),
+            (r#"{"const": 9007199254740993}"#, "9007199254740992", false),
+            (r#"{"enum": [1.5]}"#, "1.50", true),
+        ];
+        for (schema, instance, valid) in cases {
+            let got = encode_text(schema, instance);
+            assert_eq!(got.is_ok(), valid, "{schema} with {instance}: {got:?}");
+        }
     }
 
     #[test]

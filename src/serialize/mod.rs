@@ -12,6 +12,7 @@
 pub mod avro;
 pub mod encode_error;
 pub mod json_schema;
+pub(crate) mod number;
 pub mod protobuf;
 pub mod references;
 pub mod registry;
@@ -74,12 +75,19 @@ impl Encoder {
         }
     }
 
-    /// Appends the encoding of `value` (after the 5-byte header) to `out`.
-    pub fn encode(&self, value: &serde_json::Value, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        match self {
-            Self::Avro(e) => e.encode(value, out),
-            Self::Json(e) => e.encode(value, out),
-            Self::Protobuf(e) => e.encode(value, out),
+    /// Appends the encoding of `value` (after the 5-byte header) to `out`. `text`, when given,
+    /// is `value`'s own JSON text: JSON Schema sends it as it is, after validating `value`.
+    pub fn encode(
+        &self,
+        value: &serde_json::Value,
+        text: Option<&str>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        match (self, text) {
+            (Self::Avro(e), _) => e.encode(value, out),
+            (Self::Json(e), Some(text)) => e.encode_text(value, text, out),
+            (Self::Json(e), None) => e.encode(value, out),
+            (Self::Protobuf(e), _) => e.encode(value, out),
         }
     }
 }
@@ -121,20 +129,24 @@ impl Serializer {
         let mut encoded = Encoded::default();
         if policy.format.uses_registry() || row.value_subject.is_some() {
             let schema = self.value_schema(row, policy).await?;
+            // Numbers keep their text (serde_json's arbitrary_precision): see `number`.
             let mut value: serde_json::Value = serde_json::from_str(&row.payload)
                 .map_err(|e| SerializeError::Poison(format!("payload is not JSON: {e}")))?;
+            // The payload's own text, for JSON Schema, which sends it as it is.
+            let mut text = Cow::Borrowed(row.payload.as_str());
             if let serde_json::Value::Object(fields) = &mut value {
                 // As the seed's publisher does: the event carries its id when its schema has one.
                 if !fields.contains_key("event_id")
                     && schema.encoder.has_top_level_field("event_id")
                 {
-                    fields.insert(
-                        "event_id".into(),
-                        serde_json::Value::String(row.event_id.hyphenated().to_string()),
-                    );
+                    let id = row.event_id.hyphenated().to_string();
+                    if matches!(schema.encoder, Encoder::Json(_)) {
+                        text = Cow::Owned(json_schema::with_event_id(&row.payload, &id));
+                    }
+                    fields.insert("event_id".into(), serde_json::Value::String(id));
                 }
             }
-            encoded.value = Some(frame(&schema, &value).map_err(|e| {
+            encoded.value = Some(frame(&schema, &value, Some(&text)).map_err(|e| {
                 SerializeError::Poison(format!(
                     "value does not match {} (schema id {}): {e}",
                     self.value_subject_label(row, policy),
@@ -214,14 +226,14 @@ impl Serializer {
             .for_subject(&subject, None, policy.format, None)
             .await?;
         let as_string = serde_json::Value::String(key.to_owned());
-        frame(&schema, &as_string).or_else(|first| {
+        frame(&schema, &as_string, None).or_else(|first| {
             let parsed: serde_json::Value = serde_json::from_str(key).map_err(|_| {
                 SerializeError::Poison(format!(
                     "key does not match subject `{subject}` (schema id {}): {first}",
                     schema.id
                 ))
             })?;
-            frame(&schema, &parsed).map_err(|e| {
+            frame(&schema, &parsed, Some(key)).map_err(|e| {
                 SerializeError::Poison(format!(
                     "key does not match subject `{subject}` (schema id {}): {e}",
                     schema.id
@@ -257,11 +269,15 @@ pub(crate) fn write_zigzag(out: &mut Vec<u8>, n: i64) {
 }
 
 /// Confluent framing: magic byte 0, the schema id big-endian, then the encoding.
-fn frame(schema: &Schema, value: &serde_json::Value) -> Result<Vec<u8>, EncodeError> {
+fn frame(
+    schema: &Schema,
+    value: &serde_json::Value,
+    text: Option<&str>,
+) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(128);
     out.push(0);
     out.extend_from_slice(&schema.id.to_be_bytes());
-    schema.encoder.encode(value, &mut out)?;
+    schema.encoder.encode(value, text, &mut out)?;
     Ok(out)
 }
 
@@ -278,6 +294,36 @@ mod tests {
             ..TopicConfig::default()
         }
         .resolve(&TopicConfig::default(), &RetryConfig::default())
+    }
+
+    #[tokio::test]
+    async fn raw_json_rows_are_sent_as_their_own_text_without_a_parse() {
+        let serializer = Serializer::new(&Config::default()).unwrap();
+        let raw = TopicConfig::default().resolve(&TopicConfig::default(), &RetryConfig::default());
+        assert_eq!(raw.format, Format::RawJson);
+        // Not even JSON: proof that nothing on this path parses (or re-prints) the payload.
+        for payload in [
+            r#"{"n": 123456789012345678901234567890, "d": 0.1000000000000000055511151231257827}"#,
+            "not json {",
+        ] {
+            let row = ClaimedRow {
+                id: 1,
+                event_id: uuid::Uuid::new_v4(),
+                topic: "t".into(),
+                key: Some("k".into()),
+                payload: payload.into(),
+                headers: "{}".into(),
+                created_at: chrono::Utc::now(),
+                attempts: 0,
+                value_subject: None,
+                value_schema_version: None,
+            };
+            let encoded = serializer.serialize(&row, &raw).await.unwrap();
+            assert!(
+                encoded.value.is_none() && encoded.key.is_none(),
+                "{encoded:?}"
+            );
+        }
     }
 
     #[test]

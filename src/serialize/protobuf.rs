@@ -5,7 +5,7 @@
 //! references, by their reference name: see `with_imports`), choosing the message, computing its Confluent message-index path once, and turning JSON
 //! into a `DynamicMessage` with prost-reflect's proto3 JSON mapping (field names as in the
 //! `.proto` or camelCase; 64-bit integers as numbers or strings; enums by name or number;
-//! unknown fields are refused). Deserializing runs without path tracking; only when it fails is
+//! unknown fields are refused; numbers exact or refused, see `numbers`). Deserializing runs without path tracking; only when it fails is
 //! it re-run with `serde_path_to_error` to name the field, so valid rows pay nothing for it.
 
 use prost::Message as _;
@@ -14,6 +14,9 @@ use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 use serde_json::Value;
 
 use super::{write_zigzag, EncodeError, SchemaError};
+
+#[path = "protobuf_numbers.rs"]
+mod numbers;
 
 /// The name the registered schema text is compiled under.
 const FILE_NAME: &str = "schema.proto";
@@ -90,6 +93,15 @@ impl ProtobufEncoder {
     /// Appends Confluent's message-index array, then the protobuf bytes of `payload`.
     /// On error `out` is left as it was.
     pub fn encode(&self, payload: &Value, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        // Integers exact or refused, floats rounded once: see `numbers`.
+        let fixes = numbers::check(&self.message, payload)?;
+        let fixed;
+        let payload = if fixes.is_empty() {
+            payload
+        } else {
+            fixed = numbers::apply(payload, fixes);
+            &fixed
+        };
         let msg =
             DynamicMessage::deserialize_with_options(self.message.clone(), payload, &self.options)
                 .map_err(|_| self.locate_error(payload))?;
@@ -214,3 +226,7 @@ impl FileResolver for Imports {
 #[cfg(test)]
 #[path = "protobuf_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "protobuf_number_tests.rs"]
+mod number_tests;

@@ -14,6 +14,7 @@ mod catalogue;
 mod claim;
 mod cli;
 mod delivery;
+mod exact_numbers;
 mod failures;
 mod limits;
 mod mock_cluster;

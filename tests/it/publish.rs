@@ -409,3 +409,13 @@ async fn a_role_without_the_grant_cannot_publish() {
     app.close().await.unwrap();
     role.drop(&outbox).await;
 }
+
+#[tokio::test]
+async fn migrate_refuses_a_table_name_too_long_for_its_function_names() {
+    let schema = format!("t_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let table = outbox_relay::outbox::TableName::new(&schema, &"t".repeat(50)).unwrap();
+    let err = outbox_relay::outbox::migrate(&database_url(), &table)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is longer than 49 bytes"), "{err}");
+}

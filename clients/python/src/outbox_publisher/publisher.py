@@ -218,7 +218,13 @@ class OutboxEventPublisher(EventPublisher):
             "an asyncpg Connection or a psycopg AsyncConnection"
         )
 
-    def _prepare(self, topic, key, value, headers):
+    def _prepare(
+        self,
+        topic: str,
+        key: Optional[str],
+        value: Dict[str, Any],
+        headers: Optional[Dict[str, str]],
+    ) -> "tuple[str, Dict[str, str], str]":
         if not isinstance(value, dict):
             raise SerializationError(f"value for {topic} must be a dict, got {type(value).__name__}")
         if key is not None and not isinstance(key, str):
@@ -249,10 +255,13 @@ class _Driver:
     def __init__(self, conn: Connection):
         self.conn = conn
 
-    async def publish(self, function, topic, key, payload, headers, event_id) -> str:
+    async def publish(
+        self, function: str, topic: str, key: Optional[str], payload: str, headers: str,
+        event_id: str,
+    ) -> str:
         raise NotImplementedError
 
-    async def publish_batch(self, function, events) -> List[str]:
+    async def publish_batch(self, function: str, events: str) -> List[str]:
         raise NotImplementedError
 
     def wrap(self, error: Exception, context: str) -> Exception:
@@ -264,14 +273,17 @@ class _Driver:
 class _Asyncpg(_Driver):
     # Parameters go as text and are cast in SQL, so custom type codecs set on the caller's
     # connection (jsonb, uuid) do not apply to them.
-    async def publish(self, function, topic, key, payload, headers, event_id) -> str:
-        return await self.conn.fetchval(
+    async def publish(
+        self, function: str, topic: str, key: Optional[str], payload: str, headers: str,
+        event_id: str,
+    ) -> str:
+        return str(await self.conn.fetchval(
             f"SELECT {function}($1::text, $2::text, $3::text::jsonb, $4::text::jsonb,"
             " NULL, NULL, $5::text::uuid)::text",
             topic, key, payload, headers, event_id,
-        )
+        ))
 
-    async def publish_batch(self, function, events) -> List[str]:
+    async def publish_batch(self, function: str, events: str) -> List[str]:
         rows = await self.conn.fetch(
             f"SELECT e::text FROM {function}($1::text::jsonb) AS e", events
         )
@@ -290,16 +302,19 @@ class _Asyncpg(_Driver):
 
 
 class _Psycopg(_Driver):
-    async def publish(self, function, topic, key, payload, headers, event_id) -> str:
+    async def publish(
+        self, function: str, topic: str, key: Optional[str], payload: str, headers: str,
+        event_id: str,
+    ) -> str:
         cursor = await self.conn.execute(
             f"SELECT {function}(%s::text, %s::text, %s::text::jsonb, %s::text::jsonb,"
             " NULL, NULL, %s::text::uuid)::text",
             (topic, key, payload, headers, event_id),
         )
         row = await cursor.fetchone()
-        return row[0]
+        return str(row[0])
 
-    async def publish_batch(self, function, events) -> List[str]:
+    async def publish_batch(self, function: str, events: str) -> List[str]:
         cursor = await self.conn.execute(
             f"SELECT e::text FROM {function}(%s::text::jsonb) AS e", (events,)
         )

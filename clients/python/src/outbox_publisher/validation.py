@@ -42,7 +42,7 @@ class AvroSchemaValidator:
     ):
         self._lookup = lookup
         self._require = require_schema
-        self._parsed: Dict[str, Any] = {}
+        self._parsed: Dict[str, Optional["tuple[Any, Any]"]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -93,7 +93,7 @@ class AvroSchemaValidator:
         except (_Mismatch, fastavro.validation.ValidationError) as error:
             raise SchemaValidationError(f"value does not match subject {subject}: {error}") from error
 
-    def _schema(self, subject: str):
+    def _schema(self, subject: str) -> Optional["tuple[Any, Any]"]:
         with self._lock:
             if subject not in self._parsed:
                 raw = self._lookup(subject)
@@ -166,7 +166,7 @@ def _to_avro(schema: Any, value: Any, named: Dict[str, Any], at: str) -> Any:
 
 
 def _full_name(schema: Dict[str, Any]) -> str:
-    name = schema["name"]
+    name = str(schema["name"])
     if "." in name or not schema.get("namespace"):
         return name
     return f"{schema['namespace']}.{name}"

@@ -7,19 +7,19 @@
 --
 -- The channel is 'outbox_' || the first 24 hex digits of md5('<schema>.<table>'), so that
 -- outboxes in different schemas of one database do not wake each other.
-CREATE TABLE ${schema}."${table}_wakeup" (
+CREATE TABLE "${schema}"."${table}_wakeup" (
     armed boolean NOT NULL
 );
-INSERT INTO ${schema}."${table}_wakeup" (armed) VALUES (false);
+INSERT INTO "${schema}"."${table}_wakeup" (armed) VALUES (false);
 
 -- SECURITY DEFINER: applications that may insert into the outbox need no right on the wakeup
 -- row. SKIP LOCKED: a second inserter never waits for the first one's transaction (the first
 -- one notifies at its commit; if it rolls back, the relay's next poll finds the row).
-CREATE FUNCTION ${schema}."${table}_wake"() RETURNS trigger
+CREATE FUNCTION "${schema}"."${table}_wake"() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $wake$
 BEGIN
-    UPDATE ${schema}."${table}_wakeup" AS w SET armed = false
-     WHERE w.ctid = (SELECT x.ctid FROM ${schema}."${table}_wakeup" AS x
+    UPDATE "${schema}"."${table}_wakeup" AS w SET armed = false
+     WHERE w.ctid = (SELECT x.ctid FROM "${schema}"."${table}_wakeup" AS x
                       WHERE x.armed FOR UPDATE SKIP LOCKED);
     IF FOUND THEN
         PERFORM pg_notify('outbox_' || left(md5(TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME), 24), '');
@@ -29,4 +29,4 @@ END
 $wake$;
 
 CREATE TRIGGER "${table}_wake" AFTER INSERT ON ${qualified}
-    FOR EACH STATEMENT EXECUTE FUNCTION ${schema}."${table}_wake"();
+    FOR EACH STATEMENT EXECUTE FUNCTION "${schema}"."${table}_wake"();

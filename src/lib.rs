@@ -14,12 +14,14 @@
 //! - [`order_check`] — reads a topic back and checks it against the outbox: lost, duplicated,
 //!   reordered records.
 //! - [`cli`] — the `outbox-relay` subcommands.
+//! - [`publish`] — the producer side: applications write events in their own transaction.
 
 pub mod cli;
 pub mod config;
 pub mod order_check;
 pub mod outbox;
 pub mod produce;
+pub mod publish;
 pub mod relay;
 pub mod retry;
 pub mod serialize;

@@ -1,8 +1,8 @@
 //! Embedded migrations, run with sqlx's migrator.
 //!
 //! The SQL files in `migrations/` name the table through `${qualified}` (`"schema"."table"`),
-//! `${schema}` (`"schema"`, for the table's companions) and `${table}` (the bare name, for index
-//! names); both are filled in with the configured,
+//! `${table}` (the bare name, for index names) and `${schema}` (the bare schema name, for the
+//! table's companions: `"${schema}"."${table}_wakeup"`); all are filled in with the configured,
 //! validated names. sqlx keeps its ledger (`_sqlx_migrations`) in the
 //! outbox's own schema, so one schema holds one outbox table.
 
@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "wakeup",
         include_str!("../../migrations/0005_wakeup.sql"),
     ),
+    (
+        6,
+        "publish functions",
+        include_str!("../../migrations/0006_publish_functions.sql"),
+    ),
 ];
 
 /// The migration version this relay needs: `run` refuses a table that is behind it.
@@ -65,8 +70,8 @@ pub async fn migrate_to(url: &str, table: &TableName, last: i64) -> Result<usize
         .map(|(version, description, sql)| {
             let sql = sql
                 .replace("${qualified}", &table.qualified())
-                .replace("${schema}", &schema)
-                .replace("${table}", table.table());
+                .replace("${table}", table.table())
+                .replace("${schema}", table.schema());
             Migration::new(
                 *version,
                 Cow::Borrowed(*description),

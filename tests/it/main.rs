@@ -20,6 +20,7 @@ mod limits;
 mod mock_cluster;
 mod operators;
 mod order_verdict;
+mod publish;
 mod references;
 mod registry_compat;
 mod registry_verdicts;

@@ -126,7 +126,9 @@ impl Shared {
 
     pub(super) async fn run_batch(&self) -> Result<BatchOutcome, BatchError> {
         let mut tx = self.outbox.begin().await?;
+        let claim_started = Instant::now();
         let rows = self.outbox.claim(&mut tx, self.config.batch_size).await?;
+        crate::metrics::batch_claimed(rows.len(), claim_started.elapsed());
         if rows.is_empty() {
             tx.commit().await.map_err(StoreError::from)?;
             return Ok(BatchOutcome::default());
@@ -181,6 +183,12 @@ impl Shared {
                 .map(|(index, delivery)| async move { (index, delivery_report(delivery).await) }),
         )
         .await;
+        crate::metrics::acknowledged(
+            reports
+                .iter()
+                .filter(|(_, r)| r.is_ok())
+                .map(|(i, _)| rows[*i].created_at),
+        );
         let mut delivered = Vec::with_capacity(reports.len());
         for (index, result) in reports {
             match result {
@@ -288,6 +296,7 @@ impl Shared {
             error,
             acknowledged: marks.len(),
         };
+        let mark_started = Instant::now();
         let marked = self
             .outbox
             .mark_delivered(&mut tx, &marks)
@@ -325,6 +334,18 @@ impl Shared {
             return Err(acknowledged(StoreError::from(e)));
         }
 
+        crate::metrics::marked(mark_started.elapsed());
+        crate::metrics::rows_delivered(delivered.iter().map(|&(i, _, _)| rows[i].topic.as_str()));
+        crate::metrics::rows_retried(
+            retry
+                .iter()
+                .filter_map(|f| rows.iter().find(|r| r.id == f.id))
+                .map(|r| r.topic.as_str()),
+        );
+        crate::metrics::rows_parked(
+            park.iter()
+                .map(|(i, p)| (rows[*i].topic.as_str(), p.error.as_str())),
+        );
         let c = &self.counters;
         c.delivered.fetch_add(marks.len() as u64, Ordering::Relaxed);
         c.retried.fetch_add(retry.len() as u64, Ordering::Relaxed);
@@ -463,6 +484,7 @@ impl Shared {
                 .is_some_and(|&failed| failed < index)
             {
                 self.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::out_of_order(&row.topic);
                 error!(id = row.id, topic = %row.topic, key = k,
                     "a later row of this key reached Kafka although an earlier one failed: \
                      the key's order is broken in Kafka");
@@ -493,6 +515,11 @@ impl Shared {
             match tokio::time::timeout(DEAD_LETTER_WAIT, delivery).await {
                 Ok(Ok(Ok(_))) => {
                     self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::row_dead_lettered(
+                        rows.iter()
+                            .find(|r| r.id == id)
+                            .map_or("", |r| r.topic.as_str()),
+                    );
                 }
                 Ok(Ok(Err((e, _)))) => warn!(id, dead_letter_topic = %dlt, error = %e,
                     "the dead-letter topic refused the parked row's copy"),

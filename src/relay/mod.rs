@@ -8,8 +8,12 @@
 //! Outages are not the rows' fault: while Kafka, Postgres or the Schema Registry does not
 //! answer, workers claim nothing, back off (200 ms → 10 s, jitter), and resume by themselves.
 
+mod background;
 mod batch;
+mod health;
 mod supervise;
+
+pub use health::{Health, Workers};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,6 +47,8 @@ pub enum RelayError {
     ShutdownTimedOut(Duration, usize),
     #[error("a relay worker panicked: {0}; its batch was rolled back (its rows go again)")]
     WorkerPanicked(String),
+    #[error("cannot listen on {0} (http.listen): {1}")]
+    Listen(String, String),
 }
 
 /// Counts since start, for logs and (later) metrics.
@@ -76,6 +82,7 @@ struct Shared {
     /// Topics whose rows are deferred because Kafka refuses the topic.
     deferrals: std::sync::Mutex<std::collections::HashMap<String, batch::Deferral>>,
     counters: Counters,
+    health: health::Tracker,
 }
 
 impl Relay {
@@ -98,6 +105,7 @@ impl Relay {
                 probe_lock: Mutex::new(()),
                 deferrals: std::sync::Mutex::default(),
                 counters: Counters::default(),
+                health: health::Tracker::new(config),
             }),
         })
     }
@@ -106,11 +114,17 @@ impl Relay {
         &self.shared.counters
     }
 
+    /// What `/healthz` and `/readyz` read.
+    pub fn health(&self) -> Health {
+        Health(Arc::clone(&self.shared))
+    }
+
     /// Runs until `shutdown` is cancelled, then drains in-flight batches within
     /// `relay.shutdown_timeout_ms`.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), RelayError> {
         let table = self.shared.outbox.table().qualified();
         info!(%table, bootstrap = %self.shared.bootstrap, "relay starting");
+        let background = self.shared.health.start_background(self.health()).await?;
         if !self.shared.outbox.wait_ready(&shutdown).await? {
             return Ok(());
         }
@@ -118,11 +132,15 @@ impl Relay {
             return Ok(());
         }
         let stop = shutdown.child_token();
+        background.start_jobs(&shutdown);
         let mut workers = JoinSet::new();
         for worker in 0..self.shared.config.concurrency {
             let shared = Arc::clone(&self.shared);
             let stop = stop.clone();
-            workers.spawn(async move { shared.work(worker, stop).await });
+            workers.spawn(async move {
+                let _alive = shared.health.worker_started();
+                shared.work(worker, stop).await
+            });
         }
         supervise::supervise(workers, stop, self.shared.config.shutdown_timeout()).await?;
         let c = &self.shared.counters;

@@ -118,9 +118,16 @@ pub fn render() -> Option<String> {
 }
 
 fn describe() {
-    for &(name, kind, _, help) in METRICS {
+    for &(name, kind, labels, help) in METRICS {
         match kind {
-            "counter" => describe_counter!(name, help),
+            "counter" => {
+                describe_counter!(name, help);
+                // A counter without labels is shown at 0 from the start; one with labels
+                // appears with its first labelled increment.
+                if labels.is_empty() {
+                    counter!(name).absolute(0);
+                }
+            }
             "histogram" => describe_histogram!(name, help),
             _ => describe_gauge!(name, help),
         }

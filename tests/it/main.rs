@@ -17,6 +17,7 @@ mod delivery;
 mod failures;
 mod limits;
 mod mock_cluster;
+mod operations;
 mod operators;
 mod order_verdict;
 mod references;

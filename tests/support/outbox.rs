@@ -209,7 +209,7 @@ impl TestOutbox {
                 "[database]\nurl = {url:?}\nschema = {schema:?}\n\n\
                  [kafka]\nbootstrap_servers = {bootstrap:?}\n\n\
                  [relay]\nbatch_size = {batch}\nconcurrency = {conc}\npoll_interval_ms = 20\n\
-                 shutdown_timeout_ms = {shutdown}\n\n[http]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
+                 shutdown_timeout_ms = {shutdown}\n\n[http]\nlisten = \"127.0.0.1:0\"\ntable_stats_interval_ms = 1000\n{extra}\n",
                 url = self.database_url,
                 schema = self.schema,
                 batch = c.relay.batch_size,

@@ -23,6 +23,7 @@ mod order_verdict;
 mod references;
 mod registry_compat;
 mod registry_verdicts;
+mod retention;
 mod secrets;
 mod serialization;
 mod serialization_failures;

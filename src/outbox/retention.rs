@@ -5,8 +5,8 @@
 //! own short transaction), and deletes the rows of each step that are delivered and were
 //! delivered before the cutoff. Pending and parked rows are stepped over, never touched: the
 //! DELETE re-checks `status = 'delivered'` on the row it deletes. A pass ends at the end of the
-//! table, or at the first step that meets a row *created* after the cutoff (ids grow with time,
-//! and a row cannot be delivered before it was created, so nothing beyond can be due). Every
+//! table, or at the first step whose rows were all *created* after the cutoff (ids grow with
+//! time, and a row cannot be delivered before it was created, so nothing beyond is due). Every
 //! step is an index range scan of `batch_size` entries of the primary key: the cost of a pass
 //! is the rows it deletes plus the few it steps over (parked, pending), never the young
 //! delivered rows, however many there are.
@@ -26,14 +26,17 @@ pub struct Step {
     pub scanned: i64,
     /// Rows deleted.
     pub deleted: i64,
-    /// Rows created after the cutoff among those looked at: the pass is over.
+    /// Rows created after the cutoff among those looked at: when every row of a step is, the
+    /// pass is over.
     pub young: i64,
 }
 
 impl Step {
     /// Nothing more to delete in this pass.
     pub fn ends_pass(&self, batch_size: u32) -> bool {
-        self.young > 0 || self.scanned < i64::from(batch_size) || self.last_id.is_none()
+        // One young row does not end it: a long transaction's rows, or a backlog of pending
+        // rows, may sit among old delivered ones.
+        self.scanned < i64::from(batch_size) || self.last_id.is_none() || self.young == self.scanned
     }
 }
 
@@ -87,5 +90,31 @@ impl RetentionSql {
             .bind(keep.as_secs_f64())
             .fetch_one(conn)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(scanned: i64, young: i64) -> Step {
+        Step {
+            last_id: (scanned > 0).then_some(100),
+            scanned,
+            deleted: 0,
+            young,
+        }
+    }
+
+    #[test]
+    fn a_pass_ends_at_the_end_of_the_table_or_at_a_step_of_young_rows_only() {
+        assert!(!step(10, 0).ends_pass(10));
+        assert!(!step(10, 9).ends_pass(10), "young rows among old ones");
+        assert!(
+            step(10, 10).ends_pass(10),
+            "every row created after the cutoff"
+        );
+        assert!(step(7, 0).ends_pass(10), "the end of the table");
+        assert!(step(0, 0).ends_pass(10));
     }
 }

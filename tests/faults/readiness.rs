@@ -29,13 +29,14 @@ async fn readyz_turns_unready_naming_kafka_while_its_broker_is_killed_and_ready_
 
     kafka.kill().await;
     let killed = Instant::now();
-    let mut body = String::new();
+    let last = std::cell::RefCell::new(String::new());
     wait_until(Duration::from_secs(60), "unready", || async {
         let (status, text) = http_get(&address, "/readyz").await;
-        body = text;
+        *last.borrow_mut() = text;
         status == 503
     })
     .await;
+    let body = last.into_inner();
     let unready_after = killed.elapsed();
     println!("unready {unready_after:?} after the kill: {body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -159,3 +159,27 @@ impl Health {
         Some(registry.probe().await.map_err(|e| e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_that_ended_is_seen_as_died_and_one_still_running_is_not() {
+        let config = Config::default();
+        let t = Tracker::new(&config);
+        let a = t.worker_started();
+        let b = t.worker_started();
+        assert!(t.claiming.load(Ordering::SeqCst));
+        let workers = |t: &Tracker| Workers {
+            configured: 2,
+            started: t.started.load(Ordering::SeqCst),
+            running: t.running.load(Ordering::SeqCst),
+        };
+        assert!(!workers(&t).one_died());
+        drop(a);
+        assert!(workers(&t).one_died(), "/healthz fails once a worker ended");
+        drop(b);
+        assert_eq!(workers(&t).running, 0);
+    }
+}

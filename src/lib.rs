@@ -11,6 +11,8 @@
 //! - [`relay`] — the loop tying them together in concurrent batch transactions.
 //! - [`shutdown`] — SIGTERM/SIGINT → drain, second signal → exit.
 //! - [`telemetry`] — logs.
+//! - [`metrics`] — the Prometheus metrics: names, help, and the calls the loop reports with.
+//! - [`http`] — the operations endpoint: `/healthz`, `/readyz`, `/metrics`.
 //! - [`order_check`] — reads a topic back and checks it against the outbox: lost, duplicated,
 //!   reordered records.
 //! - [`cli`] — the `outbox-relay` subcommands.
@@ -18,6 +20,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod order_check;
 pub mod outbox;
 pub mod produce;

@@ -343,6 +343,11 @@ impl Producer {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.current().flush(Timeout::After(timeout))
     }
+
+    /// Records queued in librdkafka or in flight to a broker, not yet acknowledged.
+    pub fn in_flight_count(&self) -> i32 {
+        self.current().in_flight_count()
+    }
 }
 
 #[cfg(test)]

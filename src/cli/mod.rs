@@ -9,6 +9,7 @@ mod replay;
 mod run;
 mod selector;
 mod skip_key;
+mod status;
 
 pub use selector::UsageError;
 
@@ -54,6 +55,8 @@ pub enum Command {
     SkipKey(selector::KeyArgs),
     /// Read a topic and check that every delivered row is there, in key order.
     CheckOrder(check_order::CheckOrderArgs),
+    /// Counts by status, lag, held keys, per topic; exit 1 past the thresholds given.
+    Status(status::StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,5 +90,6 @@ pub async fn dispatch(command: &Command, config: Config) -> anyhow::Result<()> {
         Command::ReleaseKey(args) => release_key::release_key(&config, args).await,
         Command::SkipKey(args) => skip_key::skip_key(&config, args).await,
         Command::CheckOrder(args) => check_order::check_order(&config, args).await,
+        Command::Status(args) => status::status(&config, args).await,
     }
 }

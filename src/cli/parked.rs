@@ -120,7 +120,7 @@ fn render(l: &Listing) -> String {
 }
 
 /// Left-aligned columns, two spaces apart, indented by two.
-fn columns(rows: &[Vec<String>]) -> String {
+pub(super) fn columns(rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();

@@ -4,10 +4,12 @@
 //! (the database password, SASL/SSL passwords in pass-through properties) never reach `Debug`
 //! output, logs or `config check`. The doc comment on each field is the config reference.
 
+mod operations;
 mod registry;
 mod secret;
 mod topics;
 
+pub use operations::{parse_duration, HttpConfig, RetentionConfig};
 pub use registry::RegistryConfig;
 pub use secret::{is_secret_property, redact_url, Secret};
 pub use topics::{
@@ -44,6 +46,8 @@ pub struct Config {
     pub topics: BTreeMap<String, TopicConfig>,
     pub headers: HeadersConfig,
     pub log: LogConfig,
+    pub http: HttpConfig,
+    pub retention: RetentionConfig,
 }
 
 /// `[database]`: where the outbox table lives.
@@ -422,6 +426,8 @@ impl Config {
             p.push("relay.poll_interval_ms must be greater than 0".into());
         }
         self.registry.problems(&mut p);
+        self.http.problems(&mut p);
+        self.retention.problems(&mut p);
         self.retry.problems(&mut p);
         let registry = self.registry.is_configured();
         self.topic_defaults

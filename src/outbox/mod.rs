@@ -3,14 +3,20 @@
 //!
 //! Every statement is built once at start-up from the validated, quoted table name.
 
+mod leader;
 mod migrate;
 mod ops;
+mod retention;
+mod stats;
 mod store;
 
+pub use leader::Leader;
 pub use migrate::{migrate, migrate_to, LATEST_VERSION};
 pub use ops::{
     HeldKey, KeyChange, OpsError, ParkedOps, ParkedRow, ReasonCount, Selector, SelectorError,
 };
+pub use retention::{RetentionSql, Step};
+pub use stats::{StatsQueries, TableStats, TopicStatus, COUNT_CAP};
 pub use store::{
     capped, Claim, ClaimedRow, Delivered, Failed, Outbox, Parked, StoreError, REASON_MAX_BYTES,
 };

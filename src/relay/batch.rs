@@ -182,10 +182,12 @@ impl Shared {
         in_flight: &[i64],
     ) -> Result<Dispatched, StoreError> {
         let mut tx = self.outbox.begin().await?;
+        let claim_started = Instant::now();
         let claim = self
             .outbox
             .claim(&mut tx, self.config.batch_size, in_flight)
             .await?;
+        crate::metrics::batch_claimed(claim.rows.len(), claim_started.elapsed());
         if claim.rows.is_empty() {
             tx.commit().await?;
             return Ok(if claim.candidates > 0 {
@@ -304,6 +306,12 @@ impl Shared {
             }
         }))
         .await;
+        crate::metrics::acknowledged(
+            reports
+                .iter()
+                .filter(|(_, r)| matches!(r, Some(Ok(_))))
+                .map(|(i, _)| rows[*i].created_at),
+        );
         let mut delivered = Vec::with_capacity(reports.len());
         for (index, report) in reports {
             match report {
@@ -418,6 +426,7 @@ impl Shared {
             error,
             acknowledged: marks.len(),
         };
+        let mark_started = Instant::now();
         let marked = self
             .outbox
             .mark_delivered(&mut tx, &marks)
@@ -455,6 +464,21 @@ impl Shared {
             return Err(acknowledged(StoreError::from(e)));
         }
 
+        crate::metrics::marked(mark_started.elapsed());
+        crate::metrics::rows_delivered(delivered.iter().map(|&(i, _, _)| rows[i].topic.as_str()));
+        crate::metrics::rows_retried(
+            decisions
+                .retry
+                .iter()
+                .filter_map(|f| rows.iter().find(|r| r.id == f.id))
+                .map(|r| r.topic.as_str()),
+        );
+        crate::metrics::rows_parked(
+            decisions
+                .park
+                .iter()
+                .map(|(i, p)| (rows[*i].topic.as_str(), p.error.as_str())),
+        );
         let c = &self.counters;
         c.delivered.fetch_add(marks.len() as u64, Ordering::Relaxed);
         c.retried
@@ -604,6 +628,7 @@ impl Shared {
                 .is_some_and(|&failed| failed < row.id)
             {
                 self.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::out_of_order(&row.topic);
                 error!(id = row.id, topic = %row.topic, key = k,
                     "a later row of this key reached Kafka although an earlier one failed: \
                      the key's order is broken in Kafka");
@@ -635,6 +660,11 @@ impl Shared {
             match tokio::time::timeout_at(deadline, delivery).await {
                 Ok(Ok(Ok(_))) => {
                     self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::row_dead_lettered(
+                        rows.iter()
+                            .find(|r| r.id == id)
+                            .map_or("", |r| r.topic.as_str()),
+                    );
                 }
                 Ok(Ok(Err((e, _)))) => warn!(id, dead_letter_topic = %dlt, error = %e,
                     "the dead-letter topic refused the parked row's copy"),

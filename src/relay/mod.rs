@@ -13,10 +13,14 @@
 //! Outages are not the rows' fault: while Kafka, Postgres or the Schema Registry does not
 //! answer, the relay claims nothing, backs off (200 ms → 10 s, jitter), and resumes by itself.
 
+mod background;
 mod batch;
 mod decide;
+mod health;
 mod supervise;
 mod wakeup;
+
+pub use health::{Health, Workers};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,6 +54,8 @@ pub enum RelayError {
     ShutdownTimedOut(Duration, usize),
     #[error("a relay worker panicked: {0}; its batch was rolled back (its rows go again)")]
     WorkerPanicked(String),
+    #[error("cannot listen on {0} (http.listen): {1}")]
+    Listen(String, String),
 }
 
 /// Counts since start, for logs and (later) metrics.
@@ -90,6 +96,7 @@ struct Shared {
     /// Topics whose rows are deferred because Kafka refuses the topic.
     deferrals: std::sync::Mutex<std::collections::HashMap<String, batch::Deferral>>,
     counters: Counters,
+    health: health::Tracker,
 }
 
 impl Relay {
@@ -115,6 +122,7 @@ impl Relay {
                 probe_lock: Mutex::new(()),
                 deferrals: std::sync::Mutex::default(),
                 counters: Counters::default(),
+                health: health::Tracker::new(config),
             }),
         })
     }
@@ -123,11 +131,17 @@ impl Relay {
         &self.shared.counters
     }
 
+    /// What `/healthz` and `/readyz` read.
+    pub fn health(&self) -> Health {
+        Health(Arc::clone(&self.shared))
+    }
+
     /// Runs until `shutdown` is cancelled, then drains in-flight batches within
     /// `relay.shutdown_timeout_ms`.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), RelayError> {
         let table = self.shared.outbox.table().qualified();
         info!(%table, bootstrap = %self.shared.bootstrap, "relay starting");
+        let background = self.shared.health.start_background(self.health()).await?;
         if !self.shared.outbox.wait_ready(&shutdown).await? {
             return Ok(());
         }
@@ -135,10 +149,14 @@ impl Relay {
             return Ok(());
         }
         let stop = shutdown.child_token();
+        background.start_jobs(&shutdown);
         let mut workers = JoinSet::new();
         let shared = Arc::clone(&self.shared);
         let pipeline_stop = stop.clone();
-        workers.spawn(async move { shared.pipeline(pipeline_stop).await });
+        workers.spawn(async move {
+            let _alive = shared.health.worker_started();
+            Arc::clone(&shared).pipeline(pipeline_stop).await
+        });
         supervise::supervise(workers, stop, self.shared.config.shutdown_timeout()).await?;
         let c = &self.shared.counters;
         info!(

@@ -318,8 +318,10 @@ impl Registry {
     ) -> Result<Arc<Schema>, RegistryError> {
         let key = (id, format.schema_type(), message.map(str::to_owned));
         if let Some(s) = self.by_id.read().expect("cache lock").get(&key) {
+            crate::metrics::registry_cache(true);
             return Ok(Arc::clone(s));
         }
+        crate::metrics::registry_cache(false);
         let what = format!("schema id {id}");
         let registered: Registered = self.get(&format!("/schemas/ids/{id}"), &what).await?;
         self.remember(registered, id, format, message, &what).await
@@ -338,6 +340,7 @@ impl Registry {
         if let Some(id) = cached {
             return self.by_id(id, format, message).await;
         }
+        crate::metrics::registry_cache(false);
         let what = match version {
             Some(v) => format!("subject `{subject}` version {v}"),
             None => format!("subject `{subject}` (latest version)"),

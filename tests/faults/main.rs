@@ -11,4 +11,5 @@ mod harness;
 
 mod crash;
 mod outages;
+mod readiness;
 mod three_relays;

@@ -27,8 +27,9 @@ pub use kafka::{
 pub use outbox::{assert_marks_in_key_order, Change, Row, RowState, TestOutbox};
 pub use registry::{decode_with_confluent, decode_with_confluent_keys, registry_config, topic};
 pub use relay::{
-    batches_logged, init_logs, log_count, log_dir, log_tail, relay_until_delivered, signal,
-    spawn_relay_binary, spawn_with_filter, wait_exit, wait_for_log, RelayProcess, RunningRelay,
+    batches_logged, http_address, http_get, init_logs, log_count, log_dir, log_tail, parse_scrape,
+    relay_until_delivered, signal, spawn_relay_binary, spawn_with_filter, wait_exit, wait_for_log,
+    RelayProcess, RunningRelay,
 };
 pub use stack::{DedicatedKafka, DedicatedPostgres, Writer};
 pub use wait::{poll_until, wait_until};

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use outbox_relay::config::{Config, DatabaseConfig, DatabaseUrl, KafkaConfig, RelayConfig};
+use outbox_relay::config::{
+    Config, DatabaseConfig, DatabaseUrl, HttpConfig, KafkaConfig, RelayConfig,
+};
 use outbox_relay::order_check::{self, OrderReport};
 use outbox_relay::outbox::{migrate, Outbox, ParkedOps, TableName};
 use sqlx::postgres::PgPoolOptions;
@@ -175,12 +177,18 @@ impl TestOutbox {
                 poll_interval_ms: 20,
                 shutdown_timeout_ms: 20_000,
             },
+            // In-process relays share one process: no endpoint unless a test asks for one.
+            http: HttpConfig {
+                listen: String::new(),
+                ..HttpConfig::default()
+            },
             ..Config::default()
         }
     }
 
     /// The same config as a TOML file (`relay.toml` in `dir`) for the binary, with Kafka at
-    /// `bootstrap` and `extra` TOML appended.
+    /// `bootstrap` and `extra` TOML appended. The HTTP endpoint listens on a free port (the
+    /// relay logs it: see `RelayProcess::http_address`).
     pub fn config_file(&self, dir: &tempfile::TempDir, bootstrap: &str, extra: &str) -> PathBuf {
         self.config_file_in(dir.path(), "relay", bootstrap, extra)
     }
@@ -201,7 +209,7 @@ impl TestOutbox {
                 "[database]\nurl = {url:?}\nschema = {schema:?}\n\n\
                  [kafka]\nbootstrap_servers = {bootstrap:?}\ndelivery_timeout_ms = {delivery}\n\n\
                  [relay]\nbatch_size = {batch}\nconcurrency = {conc}\npoll_interval_ms = 20\n\
-                 shutdown_timeout_ms = {shutdown}\n{extra}\n",
+                 shutdown_timeout_ms = {shutdown}\n\n[http]\nlisten = \"127.0.0.1:0\"\ntable_stats_interval_ms = 1000\n{extra}\n",
                 url = self.database_url,
                 schema = self.schema,
                 batch = c.relay.batch_size,

@@ -141,6 +141,11 @@ impl RelayProcess {
         let _ = self.child.wait();
     }
 
+    /// The address its HTTP endpoint listens on (read from its log; waits for the line).
+    pub async fn http_address(&self) -> String {
+        http_address(&self.log).await
+    }
+
     /// Panics (with the log's tail) if the relay exited by itself.
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
@@ -213,4 +218,41 @@ fn strip_ansi(line: &str) -> String {
         }
     }
     out
+}
+
+/// The address a relay's HTTP endpoint listens on, from the `HTTP endpoint listening on …` line
+/// of its log (waits up to 30 s for it).
+pub async fn http_address(log: &Path) -> String {
+    let text = wait_for_log(
+        log,
+        &["HTTP endpoint listening on "],
+        Duration::from_secs(30),
+    )
+    .await;
+    let line = text
+        .lines()
+        .find(|l| l.contains("HTTP endpoint listening on "))
+        .unwrap();
+    let rest = line.split("HTTP endpoint listening on ").nth(1).unwrap();
+    rest.split(':').take(2).collect::<Vec<_>>().join(":")
+}
+
+/// GET `http://{address}{path}`: the status code and the body.
+pub async fn http_get(address: &str, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{address}{path}"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on {address}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// A Prometheus text scrape as `name{labels}` → value (labels as written, in order).
+pub fn parse_scrape(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }

@@ -189,7 +189,8 @@ impl Relays {
             &config,
             format!(
                 "[database]\nurl = {:?}\nschema = {:?}\nmax_connections = {pool}\n\n\
-                 [kafka]\nbootstrap_servers = {:?}\n\n[relay]\n{relay}\n[log]\nlevel = \"info\"\n",
+                 [kafka]\nbootstrap_servers = {:?}\n\n[relay]\n{relay}\n[log]\nlevel = \"info\"\n\n\
+                 [http]\nlisten = \"127.0.0.1:0\"\n",
                 common.database_url,
                 target.table.schema(),
                 common.bootstrap

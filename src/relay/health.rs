@@ -68,7 +68,7 @@ pub struct Health(pub(super) Arc<Shared>);
 /// What the relay's workers are doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Workers {
-    /// Workers configured (`relay.concurrency`).
+    /// Workers configured: the pipeline, one.
     pub configured: u32,
     /// Workers started since the process began.
     pub started: u32,
@@ -87,7 +87,7 @@ impl Health {
     pub fn workers(&self) -> Workers {
         let t = &self.0.health;
         Workers {
-            configured: self.0.config.concurrency,
+            configured: 1,
             started: t.started.load(Ordering::SeqCst),
             running: t.running.load(Ordering::SeqCst),
         }

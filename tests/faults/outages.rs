@@ -27,17 +27,7 @@ async fn kafka_broker_killed_for_30_s_under_load_then_restarted_loses_nothing_an
     // Records time out in librdkafka well within the outage, so the relay sees delivery
     // failures (not just slow acknowledgements) while the broker is away.
     let config = outbox.config_file_in(&dir, "relay", &bootstrap, "");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let delivery = format!(
-        "delivery_timeout_ms = {}",
-        outbox.config().kafka.delivery_timeout_ms
-    );
-    assert!(text.contains(&delivery), "{text}");
-    std::fs::write(
-        &config,
-        text.replace(&delivery, "delivery_timeout_ms = 10000"),
-    )
-    .unwrap();
+    outbox.set_delivery_timeout(&config, 10_000);
     let mut relay = RelayProcess::spawn(&config, dir.as_path().join("relay.log"));
     let writer = Writer::start(&outbox, 50, Duration::from_millis(100), KEYS, i64::MAX);
     outbox.wait_delivered(1_000, Duration::from_secs(60)).await;

@@ -193,6 +193,22 @@ impl TestOutbox {
         self.config_file_in(dir.path(), "relay", bootstrap, extra)
     }
 
+    /// Sets `kafka.delivery_timeout_ms` in a config file written by
+    /// [`TestOutbox::config_file_in`].
+    pub fn set_delivery_timeout(&self, config: &std::path::Path, ms: u64) {
+        let text = std::fs::read_to_string(config).unwrap();
+        let line = format!(
+            "delivery_timeout_ms = {}\n",
+            self.config().kafka.delivery_timeout_ms
+        );
+        assert!(text.contains(&line), "{text}");
+        std::fs::write(
+            config,
+            text.replace(&line, &format!("delivery_timeout_ms = {ms}\n")),
+        )
+        .unwrap();
+    }
+
     /// [`TestOutbox::config_file`] as `name`.toml in any directory.
     pub fn config_file_in(
         &self,

@@ -229,7 +229,13 @@ impl EventRef {
     }
 }
 
-/// Checks `topic` against the outbox `table`.
+/// The delivery log of `table` (migration 0007), where `relay.on_delivered = "delete"` keeps
+/// the coordinates of the rows it deleted.
+fn delivered_log(table: &TableName) -> String {
+    format!("\"{}\".\"{}_delivered\"", table.schema(), table.table())
+}
+
+/// Checks `topic` against the outbox `table` (and its delivery log).
 pub async fn check(
     pool: &PgPool,
     table: &TableName,
@@ -241,8 +247,12 @@ pub async fn check(
         (i64, Uuid, Option<String>, String, Option<i32>, Option<i64>),
     >(&format!(
         "SELECT id, event_id, key, status, kafka_partition, kafka_offset FROM {} \
-                 WHERE topic = $1",
-        table.qualified()
+             WHERE topic = $1 \
+         UNION ALL \
+         SELECT id, event_id, key, 'delivered', kafka_partition, kafka_offset FROM {} \
+             WHERE topic = $1",
+        table.qualified(),
+        delivered_log(table)
     ))
     .bind(topic)
     .fetch_all(pool)
@@ -277,8 +287,11 @@ pub async fn check(
         .collect();
     if !late.is_empty() {
         let late_rows = sqlx::query_as::<_, (i64, Uuid, Option<String>)>(&format!(
-            "SELECT id, event_id, key FROM {} WHERE topic = $1 AND event_id = ANY($2)",
-            table.qualified()
+            "SELECT id, event_id, key FROM {} WHERE topic = $1 AND event_id = ANY($2) \
+             UNION ALL \
+             SELECT id, event_id, key FROM {} WHERE topic = $1 AND event_id = ANY($2)",
+            table.qualified(),
+            delivered_log(table)
         ))
         .bind(topic)
         .bind(&late)

@@ -79,7 +79,7 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("client.id", &kafka.client_id)
-        .set("linger.ms", "5")
+        .set("linger.ms", "1")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", kafka.delivery_timeout_ms.to_string());
     for (k, v) in &kafka.properties {

@@ -150,6 +150,22 @@ pub struct RelayConfig {
     pub poll_interval_ms: u64,
     /// On SIGTERM/SIGINT: how long in-flight batches may take to be acknowledged and marked.
     pub shutdown_timeout_ms: u64,
+    /// What a delivered row becomes: `mark` (status `delivered`, with its Kafka partition and
+    /// offset, until retention deletes it) or `delete` (deleted at once; its event id, topic,
+    /// key, partition and offset are appended to the `<table>_delivered` log).
+    pub on_delivered: OnDelivered,
+}
+
+/// `relay.on_delivered`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDelivered {
+    /// The row stays, marked delivered: a full audit (payload, headers) until retention.
+    #[default]
+    Mark,
+    /// The row is deleted; only its coordinates stay, in the delivery log. Cheaper for
+    /// Postgres; delivered payloads are gone (a delivered row cannot be looked at or replayed).
+    Delete,
 }
 
 impl Default for RelayConfig {
@@ -159,6 +175,7 @@ impl Default for RelayConfig {
             concurrency: 4,
             poll_interval_ms: 100,
             shutdown_timeout_ms: 30_000,
+            on_delivered: OnDelivered::Mark,
         }
     }
 }

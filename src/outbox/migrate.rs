@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "publish functions",
         include_str!("../../migrations/0006_publish_functions.sql"),
     ),
+    (
+        7,
+        "delivered log",
+        include_str!("../../migrations/0007_delivered_log.sql"),
+    ),
 ];
 
 /// The migration version this relay needs: `run` refuses a table that is behind it.

@@ -150,6 +150,9 @@ pub struct Outbox {
     table: TableName,
     claim_sql: String,
     mark_delivered_sql: String,
+    /// `relay.on_delivered = "delete"`: delete and log instead of marking.
+    delete_delivered_sql: String,
+    on_delivered: crate::config::OnDelivered,
     reschedule_sql: String,
     park_sql: String,
     defer_topic_sql: String,
@@ -249,6 +252,22 @@ impl Outbox {
              FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS d(id, partition, kafka_offset) \
              WHERE o.id = d.id AND o.status = 'pending'"
         );
+        // Delete on delivery: the row goes, its coordinates are appended to the delivery log
+        // (migration 0007), in one statement.
+        let delete_delivered_sql = format!(
+            "WITH d AS ( \
+                 DELETE FROM {t} AS o \
+                 USING unnest($1::bigint[], $2::int[], $3::bigint[]) AS d(id, partition, kafka_offset) \
+                 WHERE o.id = d.id AND o.status = 'pending' \
+                 RETURNING o.id, o.event_id, o.topic, o.key, d.partition, d.kafka_offset, \
+                           o.created_at) \
+             INSERT INTO \"{schema}\".\"{table}_delivered\" \
+                 (id, event_id, topic, key, kafka_partition, kafka_offset, created_at, delivered_at) \
+             SELECT id, event_id, topic, key, partition, kafka_offset, created_at, clock_timestamp() \
+             FROM d",
+            schema = table.schema(),
+            table = table.table(),
+        );
         // The delay counts from the failure (clock_timestamp()), not from the claim: now() is
         // the transaction's start, and a batch can wait message.timeout.ms for its reports.
         let reschedule_sql = format!(
@@ -286,10 +305,28 @@ impl Outbox {
             table,
             claim_sql,
             arm_wakeup_sql,
+            delete_delivered_sql,
+            on_delivered: crate::config::OnDelivered::Mark,
             mark_delivered_sql,
             reschedule_sql,
             park_sql,
             defer_topic_sql,
+        }
+    }
+
+    /// What [`Outbox::mark_delivered`] does: mark the rows, or delete them and log their
+    /// coordinates (`relay.on_delivered`).
+    pub fn on_delivered(mut self, mode: crate::config::OnDelivered) -> Self {
+        self.on_delivered = mode;
+        self
+    }
+
+    /// The statement [`Outbox::mark_delivered`] runs (`$1` ids, `$2` partitions, `$3` offsets),
+    /// for benchmarks.
+    pub fn completion_sql(&self) -> &str {
+        match self.on_delivered {
+            crate::config::OnDelivered::Mark => &self.mark_delivered_sql,
+            crate::config::OnDelivered::Delete => &self.delete_delivered_sql,
         }
     }
 
@@ -424,7 +461,8 @@ impl Outbox {
             .await?)
     }
 
-    /// Marks acknowledged rows delivered, by primary key; returns how many rows changed.
+    /// Marks acknowledged rows delivered (or deletes them and logs where they went, with
+    /// `on_delivered = "delete"`), by primary key; returns how many rows changed.
     pub async fn mark_delivered(
         &self,
         tx: &mut Transaction<'static, Postgres>,
@@ -436,7 +474,7 @@ impl Outbox {
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let partitions: Vec<i32> = rows.iter().map(|r| r.partition).collect();
         let offsets: Vec<i64> = rows.iter().map(|r| r.offset).collect();
-        let done = sqlx::query(&self.mark_delivered_sql)
+        let done = sqlx::query(self.completion_sql())
             .bind(&ids)
             .bind(&partitions)
             .bind(&offsets)

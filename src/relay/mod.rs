@@ -102,7 +102,8 @@ struct Shared {
 impl Relay {
     /// Builds the pool (lazily connecting) and the producer; contacts nothing yet.
     pub fn new(config: &Config) -> Result<Self, RelayError> {
-        let outbox = Outbox::connect_relay(&config.database, config.database.max_connections)?;
+        let outbox = Outbox::connect_relay(&config.database, config.database.max_connections)?
+            .on_delivered(config.relay.on_delivered);
         let producer = Producer::new(&config.kafka, &config.headers)?;
         let serializer = Serializer::new(config).map_err(RelayError::Registry)?;
         Ok(Self {

@@ -13,6 +13,7 @@ mod bench_smoke;
 mod catalogue;
 mod claim;
 mod cli;
+mod delete_on_delivery;
 mod delivery;
 mod exact_numbers;
 mod failures;

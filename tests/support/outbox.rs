@@ -176,6 +176,7 @@ impl TestOutbox {
                 concurrency: 4,
                 poll_interval_ms: 20,
                 shutdown_timeout_ms: 20_000,
+                ..RelayConfig::default()
             },
             // In-process relays share one process: no endpoint unless a test asks for one.
             http: HttpConfig {

@@ -1,26 +1,17 @@
 //! What the box can physically do, measured in the same run: the relay's SQL without Kafka
-//! (claim + mark, and claim + DELETE for reference), and Kafka's own producer-perf tool.
+//! (its claim + its completion statement, in both `relay.on_delivered` modes: mark, and
+//! delete-and-log), and Kafka's own producer-perf tool.
 
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use outbox_relay::config::OnDelivered;
 use outbox_relay::outbox::Outbox;
 use serde_json::json;
 
 use crate::workload::{payload_expr, Target};
 use crate::{say, Common, Figure, Outcome};
-
-/// The relay's mark statement, copied from `src/outbox/store.rs` (`mark_delivered_sql`, not
-/// public). Keep it in step with the relay's.
-fn mark_sql(t: &str) -> String {
-    format!(
-        "UPDATE {t} AS o SET status = 'delivered', delivered_at = clock_timestamp(), \
-             kafka_partition = d.partition, kafka_offset = d.kafka_offset, last_error = NULL \
-         FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS d(id, partition, kafka_offset) \
-         WHERE o.id = d.id AND o.status = 'pending'"
-    )
-}
 
 /// Claim (the relay's own statement) + complete in batches on one connection, until empty.
 async fn sql_rate(
@@ -28,22 +19,17 @@ async fn sql_rate(
     run: &str,
     name: &str,
     batch: u32,
-    delete: bool,
+    mode: OnDelivered,
 ) -> anyhow::Result<f64> {
     let target = Target::create(common, run, name, false, &[]).await?;
     let rows = common.sql_ceiling_rows;
     say(format!(
         "ceiling: SQL claim + {} (batch {batch}): prefilling {rows} rows",
-        if delete { "DELETE" } else { "mark" }
+        mode_name(mode)
     ));
     target.prefill(rows).await?;
-    let outbox = Outbox::with_pool(target.pool.clone(), target.table.clone());
-    let t = target.table.qualified();
-    let complete = if delete {
-        format!("DELETE FROM {t} WHERE id = ANY($1)")
-    } else {
-        mark_sql(&t)
-    };
+    let outbox = Outbox::with_pool(target.pool.clone(), target.table.clone()).on_delivered(mode);
+    let complete = outbox.completion_sql().to_owned();
     let start = Instant::now();
     let mut done = 0u64;
     loop {
@@ -54,15 +40,17 @@ async fn sql_rate(
             break;
         }
         let ids: Vec<i64> = claimed.iter().map(|r| r.id).collect();
-        let mut q = sqlx::query(&complete).bind(&ids);
-        if !delete {
-            let parts: Vec<i32> = ids
-                .iter()
-                .map(|i| (i % i64::from(common.partitions)) as i32)
-                .collect();
-            q = q.bind(parts).bind(&ids);
-        }
-        let n = q.execute(&mut *tx).await?.rows_affected();
+        let parts: Vec<i32> = ids
+            .iter()
+            .map(|i| (i % i64::from(common.partitions)) as i32)
+            .collect();
+        let n = sqlx::query(&complete)
+            .bind(&ids)
+            .bind(parts)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         done += n;
     }
@@ -157,18 +145,31 @@ async fn producer_perf(common: &Common, run: &str) -> anyhow::Result<(f64, Strin
 
 pub(crate) async fn ceilings(common: &Common, run: &str) -> anyhow::Result<Outcome> {
     let batch = common.batch_size.unwrap_or(500);
-    let mark = sql_rate(common, run, "sqlmark", batch, false).await?;
-    let delete = sql_rate(common, run, "sqldelete", batch, true).await?;
+    let mark = sql_rate(common, run, "sqlmark", batch, OnDelivered::Mark).await?;
+    let delete = sql_rate(common, run, "sqldelete", batch, OnDelivered::Delete).await?;
+    let (sql, other) = match common.on_delivered {
+        OnDelivered::Mark => (mark, delete),
+        OnDelivered::Delete => (delete, mark),
+    };
     let (perf, line) = producer_perf(common, run).await?;
     let figures = vec![
         Figure::new(
-            &format!("ceiling SQL claim + mark (batch {batch})"),
-            mark,
+            &format!(
+                "ceiling SQL claim + {} (batch {batch})",
+                mode_name(common.on_delivered)
+            ),
+            sql,
             "rows/s",
         ),
         Figure::new(
-            &format!("reference SQL claim + DELETE (batch {batch})"),
-            delete,
+            &format!(
+                "reference SQL claim + {} (batch {batch})",
+                mode_name(match common.on_delivered {
+                    OnDelivered::Mark => OnDelivered::Delete,
+                    OnDelivered::Delete => OnDelivered::Mark,
+                })
+            ),
+            other,
             "rows/s",
         ),
         Figure::new(
@@ -180,7 +181,15 @@ pub(crate) async fn ceilings(common: &Common, run: &str) -> anyhow::Result<Outco
     let extra = json!({
         "sql_rows": common.sql_ceiling_rows, "sql_batch": batch, "sql_lanes": 1,
         "perf_records": common.perf_records, "perf_summary": line,
-        "lower": mark.min(perf),
+        "lower": sql.min(perf),
     });
     Ok(Outcome::new("ceilings", figures, None, extra))
+}
+
+/// `mark`, or `delete + log`: the relay's completion statement in that mode.
+fn mode_name(mode: OnDelivered) -> &'static str {
+    match mode {
+        OnDelivered::Mark => "mark",
+        OnDelivered::Delete => "delete + log",
+    }
 }

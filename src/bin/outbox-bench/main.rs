@@ -70,6 +70,9 @@ pub struct Common {
     /// `relay.concurrency` (default: the relay's own, 4).
     #[arg(long, global = true)]
     pub concurrency: Option<u32>,
+    /// `relay.on_delivered`: `mark` (the default) or `delete` (delete and log).
+    #[arg(long, global = true, value_parser = parse_on_delivered, default_value = "mark")]
+    pub on_delivered: outbox_relay::config::OnDelivered,
     /// The relay binary (default: `outbox-relay` next to this one).
     #[arg(long, global = true)]
     pub relay_bin: Option<PathBuf>,
@@ -344,6 +347,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "knobs": {
             "event_size": common.event_size, "keys": common.keys.0, "partitions": common.partitions,
             "relays": common.relays, "batch_size": common.batch_size, "concurrency": common.concurrency,
+            "on_delivered": format!("{:?}", common.on_delivered).to_lowercase(),
             "format": "raw-json",
         },
         "lower_ceiling": lower,
@@ -365,4 +369,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         say("an order check found a lost or reordered record: exit 1");
     }
     Ok(clean)
+}
+
+fn parse_on_delivered(s: &str) -> Result<outbox_relay::config::OnDelivered, String> {
+    match s {
+        "mark" => Ok(outbox_relay::config::OnDelivered::Mark),
+        "delete" => Ok(outbox_relay::config::OnDelivered::Delete),
+        _ => Err(format!("{s:?}: expected mark or delete")),
+    }
 }

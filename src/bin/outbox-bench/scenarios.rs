@@ -85,8 +85,8 @@ pub(crate) async fn drain(common: &Common, run: &str, rows: u64) -> anyhow::Resu
     let cpu = relays.cpu_seconds();
     let (first, last, delivered): (Option<DateTime<Utc>>, Option<DateTime<Utc>>, i64) =
         sqlx::query_as(&format!(
-            "SELECT min(delivered_at), max(delivered_at), count(*) FILTER (WHERE status = 'delivered') FROM {}",
-            target.table.qualified()
+            "SELECT min(delivered_at), max(delivered_at), count(*) FROM {}",
+            target.delivered()
         ))
         .fetch_one(&target.pool)
         .await?;
@@ -213,7 +213,7 @@ pub(crate) async fn sustained(
     let window = t1.duration_since(t0)?.as_secs_f64();
     let delivered: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM {} WHERE delivered_at >= $1 AND delivered_at < $2",
-        target.table.qualified()
+        target.delivered()
     ))
     .bind(DateTime::<Utc>::from(t0))
     .bind(DateTime::<Utc>::from(t1))
@@ -334,12 +334,12 @@ pub(crate) async fn latency(common: &Common, run: &str, w: &WriterArgs) -> anyho
     let marked: Vec<(i64, DateTime<Utc>)> = loop {
         let rows: Vec<(i64, Option<DateTime<Utc>>)> = sqlx::query_as(&format!(
             "SELECT id, delivered_at FROM {} WHERE id = ANY($1)",
-            target.table.qualified()
+            target.delivered()
         ))
         .bind(&ids)
         .fetch_all(&target.pool)
         .await?;
-        if rows.iter().all(|r| r.1.is_some()) {
+        if rows.len() == ids.len() && rows.iter().all(|r| r.1.is_some()) {
             break rows
                 .into_iter()
                 .map(|(id, at)| (id, at.unwrap_or_default()))

@@ -26,6 +26,18 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// `(id, delivered_at)` of every delivered row, marked in the outbox or deleted and logged
+    /// (`relay.on_delivered`), as a FROM item.
+    pub(crate) fn delivered(&self) -> String {
+        format!(
+            "(SELECT id, delivered_at FROM {} WHERE status = 'delivered' \
+              UNION ALL SELECT id, delivered_at FROM \"{}\".\"{}_delivered\") AS delivered",
+            self.table.qualified(),
+            self.table.schema(),
+            self.table.table()
+        )
+    }
+
     /// A fresh schema `<run>_<name>` with the migrated outbox table, and topic `<run>.<name>`
     /// (`topic_config`: extra topic settings, e.g. `message.timestamp.type`). `with_topic`
     /// false: the table only (SQL ceiling).
@@ -183,6 +195,9 @@ impl Relays {
         }
         if let Some(c) = common.concurrency {
             relay += &format!("concurrency = {c}\n");
+        }
+        if common.on_delivered == outbox_relay::config::OnDelivered::Delete {
+            relay += "on_delivered = \"delete\"\n";
         }
         let pool = common.concurrency.map_or(8, |c| (c + 2).max(8));
         std::fs::write(

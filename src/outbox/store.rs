@@ -213,6 +213,11 @@ impl Outbox {
         //   row held elsewhere (another relay instance, an operator's command) keeps the later
         //   ones out, so one key's rows never travel in two relays at once. The rows left out
         //   stay locked until this transaction ends, which only delays them.
+        // The second rule is computed per key, not per row: the first pending row of each
+        // candidate key that is neither claimed now nor in flight (`foreign_rows`), found by
+        // one probe of the pending-key index per key, which only walks that key's rows in
+        // flight (a per-row NOT EXISTS walked them once per candidate: 10 hot keys with 2,000
+        // rows in flight made every claim read ~100,000 index entries).
         // `candidates` (on every row; one row of NULLs when nothing is picked) tells "nothing
         // due" from "due rows, all behind rows held elsewhere".
         let claim_sql = format!(
@@ -230,16 +235,21 @@ impl Outbox {
                  ORDER BY c.id LIMIT $1 \
                  FOR UPDATE SKIP LOCKED), \
              mine AS (SELECT id FROM cand UNION ALL SELECT unnest($2::bigint[])), \
+             keys AS (SELECT topic, key, max(id) AS last FROM cand \
+                 WHERE key IS NOT NULL GROUP BY topic, key), \
+             foreign_rows AS ( \
+                 SELECT k.topic, k.key, min(e.id) AS first \
+                 FROM keys k JOIN {t} e ON e.status = 'pending' AND e.key IS NOT NULL \
+                     AND e.topic = k.topic AND e.key = k.key AND e.id < k.last \
+                 WHERE e.id NOT IN (SELECT id FROM mine) \
+                 GROUP BY k.topic, k.key), \
              picked AS ( \
                  SELECT o.id, o.event_id, o.topic, o.key, o.payload::text AS payload, \
                         o.headers::text AS headers, o.created_at, o.attempts, \
                         o.value_subject, o.value_schema_version \
                  FROM {t} o JOIN cand c ON c.id = o.id \
-                 WHERE c.key IS NULL OR NOT EXISTS ( \
-                     SELECT 1 FROM {t} e \
-                     WHERE e.status = 'pending' AND e.key IS NOT NULL \
-                       AND e.topic = c.topic AND e.key = c.key AND e.id < c.id \
-                       AND e.id NOT IN (SELECT id FROM mine))) \
+                 LEFT JOIN foreign_rows f ON f.topic = c.topic AND f.key = c.key \
+                 WHERE c.key IS NULL OR f.first IS NULL OR f.first > c.id) \
              SELECT (SELECT count(*) FROM cand) AS candidates, p.* \
              FROM (SELECT 1) AS one LEFT JOIN picked p ON true \
              ORDER BY p.id"

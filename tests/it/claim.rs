@@ -130,6 +130,46 @@ async fn a_later_row_of_a_key_is_not_claimed_while_an_earlier_one_is_claimed_by_
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_behind_this_relays_batches_in_flight_are_claimed_and_rows_behind_others_make_a_blocked_claim(
+) {
+    let outbox = TestOutbox::without_kafka().await;
+    let store = store(&outbox, 4).await;
+    let first = insert_at(&outbox, Some("k"), "").await;
+    let second = insert_at(&outbox, Some("k"), "").await;
+    let third = insert_at(&outbox, Some("k"), "").await;
+
+    // A batch in flight holds the first row.
+    let mut a = store.begin().await.unwrap();
+    assert_eq!(
+        ids(&store.claim(&mut a, 1, &[]).await.unwrap().rows),
+        [first]
+    );
+
+    // Told that the row is its own batch in flight, the next claim takes the key's later rows
+    // (they will go to Kafka behind it).
+    let mut b = store.begin().await.unwrap();
+    let mine = store.claim(&mut b, 10, &[first]).await.unwrap();
+    assert_eq!(ids(&mine.rows), [second, third]);
+    b.rollback().await.unwrap();
+
+    // Not told so (the row is held elsewhere: another relay instance), it takes nothing, and
+    // says that due rows were there: a blocked claim, not an empty one.
+    let mut c = store.begin().await.unwrap();
+    let theirs = store.claim(&mut c, 10, &[]).await.unwrap();
+    assert!(theirs.rows.is_empty(), "{:?}", ids(&theirs.rows));
+    assert_eq!(theirs.candidates, 2, "the two later rows were due");
+    c.rollback().await.unwrap();
+    a.rollback().await.unwrap();
+
+    // Nothing due at all: an empty claim.
+    let mut d = store.begin().await.unwrap();
+    store.claim(&mut d, 10, &[]).await.unwrap();
+    let mut e = store.begin().await.unwrap();
+    let after = store.claim(&mut e, 10, &[]).await.unwrap();
+    assert_eq!((after.rows.len(), after.candidates), (0, 0));
+}
+
 fn delivered_ids(ids: &[i64]) -> Vec<Delivered> {
     ids.iter()
         .map(|&id| Delivered {

@@ -152,6 +152,40 @@ enum HandOver {
     Failed(ProduceError),
 }
 
+/// The span of a batch: every log line about it carries `batch` (its sequence number), its
+/// claimed count, and the W3C `traceparent` of its rows that have one (up to 10, so that the
+/// batch links to the traces that wrote its rows; the header reaches the Kafka record
+/// unchanged, as every row header does). Its outcome is recorded when it ends (`delivered`,
+/// `retried`, `parked`, `untouched`, `duration_ms`), and said in its `batch done` debug line.
+pub(super) fn span(seq: u64, batch: &Claimed) -> tracing::Span {
+    let traceparents: Vec<&str> = batch
+        .rows
+        .iter()
+        .filter_map(|r| traceparent(&r.headers))
+        .take(10)
+        .collect();
+    tracing::info_span!(
+        "batch",
+        batch = seq,
+        claimed = batch.rows.len(),
+        traceparents = %traceparents.join(","),
+        delivered = tracing::field::Empty,
+        retried = tracing::field::Empty,
+        parked = tracing::field::Empty,
+        untouched = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+    )
+}
+
+/// The `traceparent` header of a row, from its headers as Postgres prints them
+/// (`{"a": "b", …}`), without parsing the object or allocating; `None` if absent or escaped.
+fn traceparent(headers: &str) -> Option<&str> {
+    const NEEDLE: &str = "\"traceparent\": \"";
+    let at = headers.find(NEEDLE)?;
+    let value = headers[at + NEEDLE.len()..].split('"').next()?;
+    (!value.contains('\\')).then_some(value)
+}
+
 impl Shared {
     /// Checks `row` against its topic's limits, serializes it and hands it to librdkafka.
     async fn hand_over(&self, row: &ClaimedRow) -> Result<DeliveryFuture, HandOver> {
@@ -270,6 +304,7 @@ impl Shared {
         batch: Box<Claimed>,
         turn: Turn,
     ) -> Result<BatchOutcome, BatchError> {
+        let started = Instant::now();
         let Claimed {
             seq,
             oldest_in_flight,
@@ -322,7 +357,8 @@ impl Shared {
                     // a later batch sends it again, same event_id).
                     untouched += 1;
                     left_keyed.push(index);
-                    warn!(id = rows[index].id, bound = ?bound,
+                    let row = &rows[index];
+                    warn!(id = row.id, event_id = %row.event_id, topic = %row.topic, bound = ?bound,
                         "no delivery report within kafka.delivery_timeout_ms; the row stays pending");
                 }
             }
@@ -485,6 +521,12 @@ impl Shared {
             .fetch_add(decisions.retry.len() as u64, Ordering::Relaxed);
         c.parked
             .fetch_add(decisions.park.len() as u64, Ordering::Relaxed);
+        let span = tracing::Span::current();
+        span.record("delivered", marks.len());
+        span.record("retried", decisions.retry.len());
+        span.record("parked", decisions.park.len());
+        span.record("untouched", untouched);
+        span.record("duration_ms", started.elapsed().as_millis() as u64);
         debug!(
             claimed = rows.len(),
             delivered = marks.len(),
@@ -694,4 +736,23 @@ fn isolation_suspects(rows: &[ClaimedRow], failures: &[Failure]) -> Vec<usize> {
         .collect();
     suspects.sort_unstable();
     suspects
+}
+
+#[cfg(test)]
+mod tests {
+    use super::traceparent;
+
+    #[test]
+    fn the_traceparent_header_is_read_from_the_headers_text_as_postgres_prints_it() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let headers = format!(r#"{{"source": "svc", "traceparent": "{tp}", "tracestate": "a=1"}}"#);
+        assert_eq!(traceparent(&headers), Some(tp));
+        assert_eq!(traceparent(r#"{"source": "svc"}"#), None);
+        assert_eq!(traceparent("{}"), None);
+        assert_eq!(
+            traceparent(r#"{"traceparent": "a\"b"}"#),
+            None,
+            "escaped: not read"
+        );
+    }
 }

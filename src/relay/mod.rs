@@ -30,7 +30,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{oneshot, Mutex, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{Config, RegistryConfig, RelayConfig, TopicPolicies};
 use crate::outbox::{Outbox, StoreError};
@@ -289,9 +289,10 @@ impl Shared {
                     batches.ids.insert(seq, ids);
                     let shared = Arc::clone(&self);
                     let this = seq;
-                    batches
-                        .tasks
-                        .spawn(async move { (this, shared.complete(batch, turn).await) });
+                    batches.tasks.spawn(async move {
+                        let span = batch::span(this, &batch);
+                        (this, shared.complete(batch, turn).instrument(span).await)
+                    });
                     seq += 1;
                 }
                 Ok(empty_or_blocked) => {

@@ -181,3 +181,35 @@ async fn two_relays_on_one_table_deliver_every_row_once() {
     let in_db: HashSet<String> = outbox.delivered_positions().await.into_keys().collect();
     assert_eq!(in_db, counts.into_keys().collect::<HashSet<_>>());
 }
+
+#[tokio::test]
+async fn trace_context_and_correlation_headers_reach_the_kafka_record_unchanged() {
+    let outbox = TestOutbox::new(1).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let headers = serde_json::json!({
+        "traceparent": traceparent,
+        "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
+        "correlation_id": "corr-42",
+    });
+    sqlx::query(&format!(
+        "INSERT INTO {} (topic, key, payload, headers) VALUES ($1, 'k', '{{}}', $2)",
+        outbox.table()
+    ))
+    .bind(&outbox.topic)
+    .bind(&headers)
+    .execute(&outbox.pool)
+    .await
+    .unwrap();
+    relay_until_delivered(&outbox, 1).await;
+
+    let records = crate::harness::read_records(&outbox.bootstrap, &outbox.topic);
+    assert_eq!(records.len(), 1);
+    for name in ["traceparent", "tracestate", "correlation_id"] {
+        let got = records[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str());
+        assert_eq!(got, headers[name].as_str(), "header {name}");
+    }
+}

@@ -70,6 +70,10 @@ pub struct Common {
     /// `relay.concurrency` (default: the relay's own, 4).
     #[arg(long, global = true)]
     pub concurrency: Option<u32>,
+    /// Value format: `raw-json` (the default) or `avro` (through the Schema Registry test
+    /// double, started per scenario; built by `scripts/bench`).
+    #[arg(long, global = true, value_parser = ["raw-json", "avro"], default_value = "raw-json")]
+    pub format: String,
     /// `relay.on_delivered`: `mark` (the default) or `delete` (delete and log).
     #[arg(long, global = true, value_parser = parse_on_delivered, default_value = "mark")]
     pub on_delivered: outbox_relay::config::OnDelivered,
@@ -295,11 +299,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // The table.
     println!();
     println!(
-        "outbox-relay bench {run}: {} keys, {} B events, {} partitions, {} relay(s), raw-json",
+        "outbox-relay bench {run}: {} keys, {} B events, {} partitions, {} relay(s), {}, on_delivered {}",
         common.keys.0.map_or("no".into(), |k| k.to_string()),
         common.event_size,
         common.partitions,
-        common.relays
+        common.relays,
+        common.format,
+        format!("{:?}", common.on_delivered).to_lowercase(),
     );
     println!(
         "{:<58} {:>12} {:<9} {:>8}",
@@ -348,7 +354,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "event_size": common.event_size, "keys": common.keys.0, "partitions": common.partitions,
             "relays": common.relays, "batch_size": common.batch_size, "concurrency": common.concurrency,
             "on_delivered": format!("{:?}", common.on_delivered).to_lowercase(),
-            "format": "raw-json",
+            "format": common.format,
         },
         "lower_ceiling": lower,
         "results": results,

@@ -180,6 +180,8 @@ pub(crate) async fn create_topic(
 
 /// Relay processes running `outbox-relay run` on one generated config file.
 pub(crate) struct Relays {
+    /// The Schema Registry test double, with `--format avro`.
+    registry: Option<Child>,
     children: Vec<Child>,
     logs: Vec<PathBuf>,
     pub(crate) started: SystemTime,
@@ -200,12 +202,22 @@ impl Relays {
             relay += "on_delivered = \"delete\"\n";
         }
         let pool = common.concurrency.map_or(8, |c| (c + 2).max(8));
+        let (registry, avro) = if common.format == "avro" {
+            let (child, url) = start_registry(common, target, dir)?;
+            let section = format!(
+                "[registry]\nurl = {url:?}\n\n[topics.{:?}]\nformat = \"avro\"\n",
+                target.topic
+            );
+            (Some(child), section)
+        } else {
+            (None, String::new())
+        };
         std::fs::write(
             &config,
             format!(
                 "[database]\nurl = {:?}\nschema = {:?}\nmax_connections = {pool}\n\n\
                  [kafka]\nbootstrap_servers = {:?}\n\n[relay]\n{relay}\n[log]\nlevel = \"info\"\n\n\
-                 [http]\nlisten = \"127.0.0.1:0\"\n",
+                 [http]\nlisten = \"127.0.0.1:0\"\n\n{avro}",
                 common.database_url,
                 target.table.schema(),
                 common.bootstrap
@@ -231,6 +243,7 @@ impl Relays {
             logs.push(log);
         }
         Ok(Self {
+            registry,
             children,
             logs,
             started,
@@ -312,6 +325,10 @@ impl Relays {
 
 impl Drop for Relays {
     fn drop(&mut self) {
+        if let Some(registry) = &mut self.registry {
+            let _ = registry.kill();
+            let _ = registry.wait();
+        }
         for child in &mut self.children {
             if let Ok(None) = child.try_wait() {
                 let _ = child.kill();
@@ -319,6 +336,44 @@ impl Drop for Relays {
             }
         }
     }
+}
+
+/// The bench payload's Avro schema (`payload_expr`'s three fields).
+const BENCH_AVRO: &str = r#"{"type": "record", "name": "Bench", "namespace": "outbox.bench",
+ "fields": [{"name": "n", "type": "long"}, {"name": "kind", "type": "string"},
+            {"name": "pad", "type": "string"}]}"#;
+
+/// Starts the Schema Registry test double (next to the relay binary) with the bench topic's
+/// value schema registered; returns it and its URL.
+fn start_registry(common: &Common, target: &Target, dir: &Path) -> anyhow::Result<(Child, String)> {
+    use std::io::BufRead;
+    let schema = dir.join(format!("{}-value.avsc", target.topic));
+    std::fs::write(&schema, BENCH_AVRO)?;
+    let bin = common.relay_bin().with_file_name("schema-registry-double");
+    let log = std::fs::File::create(dir.join(format!("{}-registry.log", target.table.schema())))?;
+    let mut child = Command::new(&bin)
+        .arg("--register")
+        .arg(format!("{}-value=AVRO:{}", target.topic, schema.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (scripts/bench builds it: cargo build --release -p \
+                 outbox-relay-testkit --bin schema-registry-double)",
+                bin.display()
+            )
+        })?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("registry stdout")?)
+        .read_line(&mut line)?;
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("the registry double said {line:?}"))?
+        .to_owned();
+    Ok((child, url))
 }
 
 fn clock_ticks() -> f64 {

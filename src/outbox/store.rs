@@ -215,8 +215,9 @@ impl Outbox {
         //   stay locked until this transaction ends, which only delays them.
         // The second rule is computed per key, not per row: the first pending row of each
         // candidate key that is neither claimed now nor in flight (`foreign_rows`), found by
-        // one probe of the pending-key index per key, which only walks that key's rows in
-        // flight (a per-row NOT EXISTS walked them once per candidate: 10 hot keys with 2,000
+        // one ordered probe of the pending-key index per key (a correlated `LIMIT 1`, so that no
+        // plan, even one cached while the table was empty, scans the table), which only walks
+        // that key's rows in flight (a per-row NOT EXISTS walked them once per candidate: 10 hot keys with 2,000
         // rows in flight made every claim read ~100,000 index entries).
         // `candidates` (on every row; one row of NULLs when nothing is picked) tells "nothing
         // due" from "due rows, all behind rows held elsewhere".
@@ -238,11 +239,13 @@ impl Outbox {
              keys AS (SELECT topic, key, max(id) AS last FROM cand \
                  WHERE key IS NOT NULL GROUP BY topic, key), \
              foreign_rows AS ( \
-                 SELECT k.topic, k.key, min(e.id) AS first \
-                 FROM keys k JOIN {t} e ON e.status = 'pending' AND e.key IS NOT NULL \
-                     AND e.topic = k.topic AND e.key = k.key AND e.id < k.last \
-                 WHERE e.id NOT IN (SELECT id FROM mine) \
-                 GROUP BY k.topic, k.key), \
+                 SELECT k.topic, k.key, ( \
+                     SELECT e.id FROM {t} e \
+                     WHERE e.status = 'pending' AND e.key IS NOT NULL \
+                       AND e.topic = k.topic AND e.key = k.key AND e.id < k.last \
+                       AND e.id NOT IN (SELECT id FROM mine) \
+                     ORDER BY e.id LIMIT 1) AS first \
+                 FROM keys k), \
              picked AS ( \
                  SELECT o.id, o.event_id, o.topic, o.key, o.payload::text AS payload, \
                         o.headers::text AS headers, o.created_at, o.attempts, \

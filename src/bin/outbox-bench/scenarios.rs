@@ -158,7 +158,18 @@ pub(crate) async fn sustained(
     let committed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for _ in 0..w.writers {
+    if let Some(keys) = common.keys.0 {
+        if keys % w.writers != 0 {
+            say(format!(
+                "sustained: warning: {keys} keys over {} writers: writers share keys, and rows of \
+                 one key from concurrent transactions commit in an order their ids do not show \
+                 (the order check may report it)",
+                w.writers
+            ));
+        }
+    }
+    let lanes = w.writers;
+    for lane in 0..lanes {
         let (target, next, committed, stop) = (
             target.clone(),
             next.clone(),
@@ -175,7 +186,9 @@ pub(crate) async fn sustained(
                     t.tick().await;
                 }
                 let first = next.fetch_add(n, Ordering::Relaxed);
-                target.insert(first, first + n - 1).await?;
+                target
+                    .insert_lane(first, first + n - 1, lanes, lane)
+                    .await?;
                 committed.fetch_add(n, Ordering::Relaxed);
             }
             anyhow::Ok(())

@@ -21,7 +21,8 @@ pub(crate) struct Target {
     pub(crate) table: TableName,
     pub(crate) topic: String,
     pub(crate) pool: PgPool,
-    /// `INSERT … SELECT … FROM generate_series($2, $3) AS i` with `$1` = topic.
+    /// `INSERT … SELECT … FROM generate_series($2, $3) AS j`, row number `i = j × $4 + $5`, with
+    /// `$1` = topic.
     pub(crate) insert_sql: String,
 }
 
@@ -63,7 +64,8 @@ impl Target {
         }
         let insert_sql = format!(
             "INSERT INTO {} (topic, key, payload) SELECT $1, {}, {} \
-             FROM generate_series($2::bigint, $3::bigint) AS i",
+             FROM (SELECT j * $4::bigint + $5::bigint AS i \
+                   FROM generate_series($2::bigint, $3::bigint) AS j) AS s",
             table.qualified(),
             key_expr(common.keys.0),
             payload_expr(common.event_size)
@@ -78,10 +80,27 @@ impl Target {
 
     /// Inserts rows `first..=last` in one transaction (one statement).
     pub(crate) async fn insert(&self, first: u64, last: u64) -> Result<(), sqlx::Error> {
+        self.insert_lane(first, last, 1, 0).await
+    }
+
+    /// Inserts rows `i = j × lanes + lane` for `j` in `first..=last`, in one transaction: writer
+    /// `lane` of `lanes` writes only keys `≡ lane (mod lanes)` when `lanes` divides the key
+    /// count, so each key is written by one writer, one transaction after the other. Per-key
+    /// order is only defined for such writes: rows of one key written by concurrent
+    /// transactions commit in an order ids do not show (see README, *Per-key order*).
+    pub(crate) async fn insert_lane(
+        &self,
+        first: u64,
+        last: u64,
+        lanes: u64,
+        lane: u64,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(&self.insert_sql)
             .bind(&self.topic)
             .bind(first as i64)
             .bind(last as i64)
+            .bind(lanes as i64)
+            .bind(lane as i64)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -217,8 +217,8 @@ impl Outbox {
         // candidate key that is neither claimed now nor in flight (`foreign_rows`), found by
         // one ordered probe of the pending-key index per key (a correlated `LIMIT 1`, so that no
         // plan, even one cached while the table was empty, scans the table), which only walks
-        // that key's rows in flight (a per-row NOT EXISTS walked them once per candidate: 10 hot keys with 2,000
-        // rows in flight made every claim read ~100,000 index entries).
+        // that key's rows in flight (a per-row NOT EXISTS walked them once per candidate: 10 hot
+        // keys with 2,000 rows in flight made every claim read ~100,000 index entries).
         // `candidates` (on every row; one row of NULLs when nothing is picked) tells "nothing
         // due" from "due rows, all behind rows held elsewhere".
         let claim_sql = format!(

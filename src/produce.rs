@@ -1,5 +1,8 @@
 //! The Kafka producer: built with `acks=all` and idempotence, fed claimed rows, and the single
-//! place where Kafka errors are classified into what the relay must do.
+//! place where Kafka errors are classified into what the relay must do. The Kafka mechanics of a
+//! batch live here too: its delivery reports ([`reports`]), the one-at-a-time resend that finds
+//! the culprit of a refused record batch ([`resend`]), the probe that tells an outage from a
+//! row's fault ([`Producer::probe`]), and dead-letter copies ([`Producer::dead_letter`]).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -15,8 +18,13 @@ use crate::outbox::ClaimedRow;
 use crate::serialize::Encoded;
 
 mod context;
+mod dead_letter;
+mod reports;
+pub mod resend;
 mod topic_limits;
 pub use context::{KafkaHealth, RelayContext};
+pub use dead_letter::DeadLetter;
+pub use reports::{delivery_report, reports, Reports};
 pub use topic_limits::TopicLimits;
 
 /// What the relay does about a failed row.
@@ -117,15 +125,6 @@ impl ProduceError {
     }
 }
 
-/// Waits for a record's delivery report: where Kafka put it (partition, offset), or why not.
-pub async fn delivery_report(delivery: DeliveryFuture) -> Result<(i32, i64), ProduceError> {
-    match delivery.await {
-        Ok(Ok(d)) => Ok((d.partition, d.offset)),
-        Ok(Err((e, _))) => Err(e.into()),
-        Err(_canceled) => Err(KafkaError::Canceled.into()),
-    }
-}
-
 /// The relay's producer.
 #[derive(Clone)]
 pub struct Producer {
@@ -223,51 +222,6 @@ impl Producer {
             &row.topic,
             key,
             payload,
-            headers,
-            row.created_at.timestamp_millis(),
-        )
-        .await
-    }
-
-    /// A copy of a parked row for its topic's dead-letter topic: the row's key and JSON text,
-    /// with `event_id`, then `outbox.topic`, `outbox.id`, `outbox.error` and `outbox.attempts`,
-    /// then the row's own headers.
-    pub async fn enqueue_dead_letter(
-        &self,
-        dead_letter_topic: &str,
-        row: &ClaimedRow,
-        reason: &str,
-        attempts: i32,
-    ) -> Result<DeliveryFuture, ProduceError> {
-        let own: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&row.headers).unwrap_or_default();
-        let event_id = row.event_id.hyphenated().to_string();
-        let (id, attempts) = (row.id.to_string(), attempts.to_string());
-        let mut headers = OwnedHeaders::new_with_capacity(5 + own.len());
-        for (name, value) in [
-            ("event_id", event_id.as_str()),
-            ("outbox.topic", row.topic.as_str()),
-            ("outbox.id", id.as_str()),
-            ("outbox.error", reason),
-            ("outbox.attempts", attempts.as_str()),
-        ] {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_bytes()),
-            });
-        }
-        for (name, value) in &own {
-            if let (Some(value), false) = (value.as_str(), name == "event_id") {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value.as_bytes()),
-                });
-            }
-        }
-        self.send(
-            dead_letter_topic,
-            row.key.as_deref().map(str::as_bytes),
-            row.payload.as_bytes(),
             headers,
             row.created_at.timestamp_millis(),
         )

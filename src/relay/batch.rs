@@ -17,7 +17,7 @@
 //! A refusal Kafka makes about a whole record batch (too large, invalid timestamp, invalid
 //! record, ...) fails every record of that batch with the same code: when several rows of one
 //! topic share such a verdict, they are sent again one at a time (bounded by
-//! [`ISOLATE_MAX_ROWS`] and [`ISOLATE_BUDGET`]; rows beyond the bound stay pending, untouched),
+//! [`resend::MAX_ROWS`] and [`resend::BUDGET`]; rows beyond the bound stay pending, untouched),
 //! so only the culprit is parked.
 //!
 //! A refusal about a topic (its authorization) defers that topic's rows, without an attempt,
@@ -27,7 +27,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use rdkafka::producer::DeliveryFuture;
 use sqlx::{Postgres, Transaction};
 use tokio::sync::oneshot;
@@ -36,17 +35,13 @@ use tracing::{debug, error, info, warn};
 use super::decide::{decide, Failure};
 use super::Shared;
 use crate::outbox::{ClaimedRow, Delivered, Parked, StoreError};
-use crate::produce::{delivery_report, Disposition, ProduceError};
+use crate::produce::resend::{self, Handed};
+use crate::produce::{self, DeadLetter, Disposition, ProduceError};
 use crate::retry::jitter_unit;
 use crate::serialize::SerializeError;
 
 /// How long a batch waits for the dead-letter copies of its parked rows, all of them together.
 const DEAD_LETTER_WAIT: Duration = Duration::from_secs(10);
-
-/// At most this many rows of one batch are sent again one at a time to find a culprit.
-const ISOLATE_MAX_ROWS: usize = 100;
-/// And for at most this long in all.
-const ISOLATE_BUDGET: Duration = Duration::from_secs(30);
 
 /// Beyond `kafka.delivery_timeout_ms`, how long a batch still waits for a delivery report
 /// before it gives up on it (librdkafka reports every record by then; this is a safety bound).
@@ -184,6 +179,16 @@ fn traceparent(headers: &str) -> Option<&str> {
     let at = headers.find(NEEDLE)?;
     let value = headers[at + NEEDLE.len()..].split('"').next()?;
     (!value.contains('\\')).then_some(value)
+}
+
+impl resend::HandOver for Shared {
+    async fn hand_over(&self, row: &ClaimedRow) -> Handed {
+        match Shared::hand_over(self, row).await {
+            Ok(delivery) => Handed::Sent(delivery),
+            Err(HandOver::Failed(e)) => Handed::Failed(e),
+            Err(HandOver::RegistryAway(_)) => Handed::NotNow,
+        }
+    }
 }
 
 impl Shared {
@@ -334,47 +339,41 @@ impl Shared {
 
         // 2. Every delivery report, within the delivery timeout (and a grace).
         let bound = self.delivery_timeout + REPORT_GRACE;
-        let reports = join_all(deliveries.into_iter().map(|(index, delivery)| async move {
-            match tokio::time::timeout(bound, delivery_report(delivery)).await {
-                Ok(report) => (index, Some(report)),
-                Err(_) => (index, None),
-            }
-        }))
-        .await;
-        crate::metrics::acknowledged(
+        let reports = produce::reports(deliveries, bound).await;
+        crate::metrics::acknowledged(reports.delivered.iter().map(|&(i, ..)| rows[i].created_at));
+        let mut delivered = reports.delivered;
+        failures.extend(
             reports
+                .failed
                 .iter()
-                .filter(|(_, r)| matches!(r, Some(Ok(_))))
-                .map(|(i, _)| rows[*i].created_at),
+                .map(|(index, e)| Failure::reported(*index, e)),
         );
-        let mut delivered = Vec::with_capacity(reports.len());
-        for (index, report) in reports {
-            match report {
-                Some(Ok((partition, offset))) => delivered.push((index, partition, offset)),
-                Some(Err(e)) => failures.push(Failure::reported(index, &e)),
-                None => {
-                    // No report within the bound: left pending (it may still arrive in Kafka;
-                    // a later batch sends it again, same event_id).
-                    untouched += 1;
-                    left_keyed.push(index);
-                    let row = &rows[index];
-                    warn!(id = row.id, event_id = %row.event_id, topic = %row.topic, bound = ?bound,
-                        "no delivery report within kafka.delivery_timeout_ms; the row stays pending");
-                }
-            }
+        for index in reports.unreported {
+            // No report within the bound: left pending (it may still arrive in Kafka; a later
+            // batch sends it again, same event_id).
+            untouched += 1;
+            left_keyed.push(index);
+            let row = &rows[index];
+            warn!(id = row.id, event_id = %row.event_id, topic = %row.topic, bound = ?bound,
+                "no delivery report within kafka.delivery_timeout_ms; the row stays pending");
         }
         // 2. Kafka refuses a whole record batch when one record of it is refused (too large,
         //    invalid timestamp, invalid record, ...), and librdkafka fails every record of that
         //    batch with the same error: parking them all would park innocent rows. Send the
         //    rows sharing such a verdict again one at a time.
-        let suspects = isolation_suspects(&rows, &failures);
+        let suspects = resend::suspects(failures.iter().map(|f| resend::Refusal {
+            index: f.index,
+            topic: rows[f.index].topic.as_str(),
+            disposition: f.disposition,
+            kafka_code: f.kafka_code,
+        }));
         if !suspects.is_empty() {
             failures.retain(|f| !suspects.contains(&f.index));
-            let beyond = self
-                .one_at_a_time(&rows, suspects, &mut delivered, &mut failures)
-                .await;
-            untouched += beyond.len();
-            left_keyed.extend(beyond);
+            let resent = resend::one_at_a_time(&rows, suspects, bound, self).await;
+            delivered.extend(resent.delivered);
+            failures.extend(resent.failed.iter().map(|(i, e)| Failure::reported(*i, e)));
+            untouched += resent.untouched.len();
+            left_keyed.extend(resent.untouched);
         }
 
         // 3. A topic that refuses us is deferred as a whole.
@@ -539,58 +538,6 @@ impl Shared {
         Ok(outcome)
     }
 
-    /// Sends `indexes` one row at a time, each waiting for its delivery report, in id order;
-    /// a failed row leaves the later rows of its key untouched. Returns the untouched rows.
-    async fn one_at_a_time(
-        &self,
-        rows: &[ClaimedRow],
-        mut indexes: Vec<usize>,
-        delivered: &mut Vec<(usize, i32, i64)>,
-        failures: &mut Vec<Failure>,
-    ) -> Vec<usize> {
-        indexes.sort_unstable();
-        let mut blocked: HashSet<(&str, &str)> = HashSet::new();
-        let mut untouched = Vec::new();
-        let deadline = Instant::now() + ISOLATE_BUDGET;
-        for (n, index) in indexes.into_iter().enumerate() {
-            let row = &rows[index];
-            let key = row.key.as_deref().map(|k| (row.topic.as_str(), k));
-            if key.is_some_and(|k| blocked.contains(&k)) {
-                untouched.push(index);
-                continue;
-            }
-            if n >= ISOLATE_MAX_ROWS || Instant::now() >= deadline {
-                // Beyond the bound: pending, untouched, tried again by a later batch.
-                if let Some(k) = key {
-                    blocked.insert(k);
-                }
-                untouched.push(index);
-                continue;
-            }
-            let result = match self.hand_over(row).await {
-                Ok(delivery) => delivery_report(delivery).await,
-                Err(HandOver::Failed(e)) => Err(e),
-                Err(HandOver::RegistryAway(_)) => {
-                    if let Some(k) = key {
-                        blocked.insert(k);
-                    }
-                    untouched.push(index);
-                    continue;
-                }
-            };
-            match result {
-                Ok((partition, offset)) => delivered.push((index, partition, offset)),
-                Err(e) => {
-                    if let Some(k) = key {
-                        blocked.insert(k);
-                    }
-                    failures.push(Failure::reported(index, &e));
-                }
-            }
-        }
-        untouched
-    }
-
     /// Is any topic deferred (or was one, and has not delivered since)?
     fn deferrals_armed(&self) -> bool {
         !self
@@ -681,61 +628,27 @@ impl Shared {
     /// Best effort: a copy of each parked row to its topic's dead-letter topic, if it has one.
     /// The row stays parked (and replayable) whatever happens here.
     async fn dead_letter(&self, rows: &[ClaimedRow], parked: &[(usize, Parked)]) {
-        let mut copies = Vec::new();
-        for (index, p) in parked {
-            let row = &rows[*index];
-            let Some(dlt) = &self.policies.get(&row.topic).dead_letter_topic else {
-                continue;
-            };
-            match self
-                .producer
-                .enqueue_dead_letter(dlt, row, &p.error, row.attempts + 1)
-                .await
-            {
-                Ok(delivery) => copies.push((row.id, dlt, delivery)),
-                Err(e) => warn!(id = row.id, dead_letter_topic = %dlt, error = %e,
-                    "could not copy the parked row to its dead-letter topic"),
-            }
+        let copies: Vec<DeadLetter<'_>> = parked
+            .iter()
+            .filter_map(|(index, p)| {
+                let row = &rows[*index];
+                let topic = self.policies.get(&row.topic).dead_letter_topic.as_deref()?;
+                Some(DeadLetter {
+                    row,
+                    topic,
+                    reason: &p.error,
+                    attempts: row.attempts + 1,
+                })
+            })
+            .collect();
+        if copies.is_empty() {
+            return;
         }
-        let deadline = tokio::time::Instant::now() + DEAD_LETTER_WAIT;
-        for (id, dlt, delivery) in copies {
-            match tokio::time::timeout_at(deadline, delivery).await {
-                Ok(Ok(Ok(_))) => {
-                    self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    crate::metrics::row_dead_lettered(
-                        rows.iter()
-                            .find(|r| r.id == id)
-                            .map_or("", |r| r.topic.as_str()),
-                    );
-                }
-                Ok(Ok(Err((e, _)))) => warn!(id, dead_letter_topic = %dlt, error = %e,
-                    "the dead-letter topic refused the parked row's copy"),
-                _ => warn!(id, dead_letter_topic = %dlt,
-                    "no acknowledgement for the parked row's dead-letter copy"),
-            }
+        for row in self.producer.dead_letter(copies, DEAD_LETTER_WAIT).await {
+            self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::row_dead_lettered(&row.topic);
         }
     }
-}
-
-/// The rows to send again one at a time: those whose Kafka refusal is a Park verdict shared
-/// with another row of the same topic (a refusal of the record batch they travelled in).
-fn isolation_suspects(rows: &[ClaimedRow], failures: &[Failure]) -> Vec<usize> {
-    let mut groups: HashMap<(&str, i32), Vec<usize>> = HashMap::new();
-    for f in failures {
-        if let (Disposition::Park, Some(code)) = (f.disposition, f.kafka_code) {
-            groups
-                .entry((rows[f.index].topic.as_str(), code as i32))
-                .or_default()
-                .push(f.index);
-        }
-    }
-    let mut suspects: Vec<usize> = groups
-        .into_values()
-        .filter(|g| g.len() > 1)
-        .flatten()
-        .collect();
-    suspects.sort_unstable();
-    suspects
 }
 
 #[cfg(test)]

@@ -259,9 +259,15 @@ impl Producer {
     /// `event_id`, then the default `source` and `version` (unless the row sets them), then the
     /// row's own headers.
     fn headers_for(&self, row: &ClaimedRow) -> Result<OwnedHeaders, ProduceError> {
-        let own: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&row.headers)
-            .map_err(|_| ProduceError::BadRow("headers must be a JSON object".into()))?;
-        let event_id = row.event_id.hyphenated().to_string();
+        // Most rows carry no headers of their own (jsonb prints that as `{}`): no parse then.
+        let own: serde_json::Map<String, serde_json::Value> = if row.headers == "{}" {
+            serde_json::Map::new()
+        } else {
+            serde_json::from_str(&row.headers)
+                .map_err(|_| ProduceError::BadRow("headers must be a JSON object".into()))?
+        };
+        let mut event_id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let event_id = row.event_id.hyphenated().encode_lower(&mut event_id);
         let mut headers = OwnedHeaders::new_with_capacity(3 + own.len()).insert(Header {
             key: "event_id",
             value: Some(event_id.as_bytes()),

@@ -107,6 +107,7 @@ pub(crate) async fn drain(common: &Common, run: &str, rows: u64) -> anyhow::Resu
         Figure::new("drain time", wall, "s"),
     ];
     resources(&mut figures, &relays, cpu, delivered as f64);
+    figures.extend(relays.batch_figures(wall).await);
     relays.stop()?;
     let report = order(common, &target).await?;
     let extra = json!({ "rows": rows, "delivered": delivered, "prefill_s": took.as_secs_f64() });

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use outbox_relay::outbox::{migrate, TableName};
+
+use crate::Figure;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
@@ -314,6 +316,75 @@ impl Relays {
                 Some(kb / 1024.0)
             })
             .collect()
+    }
+
+    /// Where the relays' time went, from their own `/metrics` (summed over instances): the
+    /// claim statement and the outcome write per batch, and rows per batch. Empty when no relay
+    /// said where its endpoint listens.
+    pub(crate) async fn batch_figures(&self, wall: f64) -> Vec<Figure> {
+        let mut sums = [(0.0, 0.0); 3];
+        let names = [
+            outbox_relay::metrics::CLAIM_DURATION,
+            outbox_relay::metrics::MARK_DURATION,
+            outbox_relay::metrics::BATCH_ROWS,
+        ];
+        for log in &self.logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let Some(addr) = text.lines().find_map(|l| {
+                let rest = l.split_once("listening on ")?.1;
+                rest.split_once(": /healthz").map(|(a, _)| a.to_owned())
+            }) else {
+                continue;
+            };
+            let Ok(body) = async {
+                reqwest::get(format!("http://{addr}/metrics"))
+                    .await?
+                    .text()
+                    .await
+            }
+            .await
+            else {
+                continue;
+            };
+            for line in body.lines() {
+                let Some((name, value)) = line.split_once(' ') else {
+                    continue;
+                };
+                let Ok(value) = value.trim().parse::<f64>() else {
+                    continue;
+                };
+                for (i, base) in names.iter().enumerate() {
+                    if name == format!("{base}_sum") {
+                        sums[i].0 += value;
+                    } else if name == format!("{base}_count") {
+                        sums[i].1 += value;
+                    }
+                }
+            }
+        }
+        let [(claim_s, claims), (mark_s, marks), (rows, batches)] = sums;
+        if claims == 0.0 {
+            return Vec::new();
+        }
+        let per = |sum: f64, n: f64| sum / n.max(1.0);
+        vec![
+            Figure::new(
+                "claim statement, mean per claim",
+                per(claim_s, claims) * 1e3,
+                "ms",
+            ),
+            Figure::new(
+                "claims' share of the wall time",
+                claim_s / wall.max(1e-3) * 100.0,
+                "%",
+            ),
+            Figure::new(
+                "outcome write + commit, mean per batch",
+                per(mark_s, marks) * 1e3,
+                "ms",
+            ),
+            Figure::new("rows per claimed batch, mean", per(rows, batches), "rows"),
+        ]
     }
 
     /// SIGTERM each relay and wait for it (the relay drains its in-flight batches).

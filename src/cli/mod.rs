@@ -2,6 +2,7 @@
 
 mod check_order;
 mod config_check;
+mod healthcheck;
 mod migrate;
 mod parked;
 mod release_key;
@@ -57,6 +58,8 @@ pub enum Command {
     CheckOrder(check_order::CheckOrderArgs),
     /// Counts by status, lag, held keys, per topic; exit 1 past the thresholds given.
     Status(status::StatusArgs),
+    /// GET the local /healthz (or /readyz with --ready); exit 0 on 200, 1 otherwise.
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,5 +94,6 @@ pub async fn dispatch(command: &Command, config: Config) -> anyhow::Result<()> {
         Command::SkipKey(args) => skip_key::skip_key(&config, args).await,
         Command::CheckOrder(args) => check_order::check_order(&config, args).await,
         Command::Status(args) => status::status(&config, args).await,
+        Command::Healthcheck(args) => healthcheck::healthcheck(&config, args).await,
     }
 }

@@ -15,6 +15,7 @@ mod claim;
 mod cli;
 mod delete_on_delivery;
 mod delivery;
+mod deploy;
 mod exact_numbers;
 mod failures;
 mod limits;

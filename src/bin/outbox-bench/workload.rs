@@ -8,15 +8,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use outbox_relay::outbox::{migrate, TableName};
-
-use crate::Figure;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor, PgPool};
 
-use crate::Common;
+use crate::{Common, Figure};
 
 /// One scenario's table and topic.
 pub(crate) struct Target {

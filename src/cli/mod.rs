@@ -2,6 +2,7 @@
 
 mod check_order;
 mod config_check;
+mod grants;
 mod migrate;
 mod parked;
 mod release_key;
@@ -57,6 +58,8 @@ pub enum Command {
     CheckOrder(check_order::CheckOrderArgs),
     /// Counts by status, lag, held keys, per topic; exit 1 past the thresholds given.
     Status(status::StatusArgs),
+    /// Print the SQL of least-privilege roles (owner, relay, application) for the table.
+    Grants(grants::GrantsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,5 +94,6 @@ pub async fn dispatch(command: &Command, config: Config) -> anyhow::Result<()> {
         Command::SkipKey(args) => skip_key::skip_key(&config, args).await,
         Command::CheckOrder(args) => check_order::check_order(&config, args).await,
         Command::Status(args) => status::status(&config, args).await,
+        Command::Grants(args) => grants::grants(&config, args),
     }
 }

@@ -9,8 +9,13 @@ use crate::outbox::{self, TableName};
 pub(super) async fn migrate(config: &Config) -> anyhow::Result<()> {
     let table = TableName::new(&config.database.schema, &config.database.table)
         .map_err(anyhow::Error::msg)?;
-    let applied = outbox::migrate(config.database.url.expose(), &table)
+    let options = outbox::connect_options(&config.database)?;
+    let applied = outbox::migrate_with(&options, &table)
         .await
+        .map_err(|e| match outbox::tls_failure(&e, &options) {
+            Some(why) => anyhow::Error::msg(why),
+            None => anyhow::Error::new(e),
+        })
         .with_context(|| {
             format!(
                 "migrating {} on {}",

@@ -2,6 +2,7 @@
 
 mod check_order;
 mod config_check;
+mod grants;
 mod healthcheck;
 mod migrate;
 mod parked;
@@ -60,6 +61,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// GET the local /healthz (or /readyz with --ready); exit 0 on 200, 1 otherwise.
     Healthcheck(healthcheck::HealthcheckArgs),
+    /// Print the SQL of least-privilege roles (owner, relay, application) for the table.
+    Grants(grants::GrantsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,5 +98,6 @@ pub async fn dispatch(command: &Command, config: Config) -> anyhow::Result<()> {
         Command::CheckOrder(args) => check_order::check_order(&config, args).await,
         Command::Status(args) => status::status(&config, args).await,
         Command::Healthcheck(args) => healthcheck::healthcheck(&config, args).await,
+        Command::Grants(args) => grants::grants(&config, args),
     }
 }

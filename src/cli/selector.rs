@@ -9,7 +9,7 @@ use clap::Args;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::config::Config;
-use crate::outbox::{ParkedOps, Selector, SelectorError, TableName};
+use crate::outbox::{self, ParkedOps, Selector, SelectorError, TableName};
 
 /// The operator asked for something that cannot be done as asked; `main` exits with 2.
 #[derive(Debug, thiserror::Error)]
@@ -96,11 +96,16 @@ pub(super) async fn connect(config: &Config) -> anyhow::Result<ParkedOps> {
 pub(super) async fn pool(config: &Config) -> anyhow::Result<(sqlx::PgPool, TableName)> {
     let table = TableName::new(&config.database.schema, &config.database.table)
         .map_err(anyhow::Error::msg)?;
+    let options = outbox::connect_options(&config.database)?;
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_millis(config.database.connect_timeout_ms))
-        .connect(config.database.url.expose())
+        .connect_with(options.clone())
         .await
+        .map_err(|e| match outbox::tls_failure(&e, &options) {
+            Some(why) => anyhow::Error::msg(why),
+            None => anyhow::Error::new(e),
+        })
         .with_context(|| format!("connecting to {}", config.database.url.redacted()))?;
     Ok((pool, table))
 }

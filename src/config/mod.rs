@@ -64,6 +64,121 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// Time allowed to establish a connection, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// TLS to Postgres, as libpq's `sslmode`: `disable`, `prefer` (TLS when the server offers
+    /// it, unverified), `require` (TLS, unverified), `verify-ca` (TLS, the server's certificate
+    /// signed by a trusted CA) or `verify-full` (also naming the host in `database.url`).
+    /// Unset: the URL's `sslmode` parameter, else `prefer`. Setting both is refused.
+    pub sslmode: Option<SslMode>,
+    /// PEM file of the CA that signed the server's certificate, for `verify-ca` and
+    /// `verify-full` (unset: the system's roots). The URL's `sslrootcert` parameter is the
+    /// same; setting both is refused.
+    pub ssl_root_cert: Option<PathBuf>,
+}
+
+/// `database.sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl DatabaseConfig {
+    /// `database.sslmode` and `database.ssl_root_cert` against the URL's own parameters: set
+    /// twice is refused, a value the URL spells wrong or a CA file that is not there too.
+    fn tls_problems(&self, p: &mut Vec<String>) {
+        let params = query_params(self.url.expose());
+        let url_has = |names: &[&str]| params.iter().find(|(k, _)| names.contains(&k.as_str()));
+        let url_mode = url_has(&["sslmode", "ssl-mode"]);
+        let url_cert = url_has(&["sslrootcert", "ssl-root-cert", "ssl-ca"]);
+        if let (Some(mode), Some(_)) = (self.sslmode, url_mode) {
+            p.push(format!(
+                "database.sslmode ({}) is refused: database.url has an sslmode parameter too; set one of them",
+                serde_json::to_value(mode).expect("mode serializes")
+            ));
+        }
+        if let (Some(_), Some(_)) = (&self.ssl_root_cert, url_cert) {
+            p.push(
+                "database.ssl_root_cert is refused: database.url has an sslrootcert parameter \
+                 too; set one of them"
+                    .into(),
+            );
+        }
+        if let Some((_, mode)) = url_mode {
+            const MODES: [&str; 6] = [
+                "disable",
+                "allow",
+                "prefer",
+                "require",
+                "verify-ca",
+                "verify-full",
+            ];
+            if !MODES.contains(&mode.to_ascii_lowercase().as_str()) {
+                p.push(format!(
+                    "database.url: sslmode={mode:?} is not one of disable, prefer, require, \
+                     verify-ca, verify-full"
+                ));
+            }
+        }
+        let cert = self
+            .ssl_root_cert
+            .clone()
+            .or_else(|| url_cert.map(|(_, v)| PathBuf::from(v)));
+        if let Some(cert) = cert {
+            if !cert.is_file() {
+                p.push(format!(
+                    "the root certificate {} (database.ssl_root_cert or the URL's sslrootcert) \
+                     does not exist",
+                    cert.display()
+                ));
+            }
+        }
+    }
+}
+
+/// A URL's query parameters, percent-decoded (`+` is a space, as in a form).
+fn query_params(url: &str) -> Vec<(String, String)> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Vec::new();
+    };
+    let query = query.split('#').next().unwrap_or_default();
+    let decode = |s: &str| {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (bytes[i], hex) {
+                (b'%', Some(b)) => {
+                    out.push(b);
+                    i += 3;
+                }
+                (b'+', _) => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
 }
 
 impl Default for DatabaseConfig {
@@ -74,6 +189,8 @@ impl Default for DatabaseConfig {
             table: "outbox".into(),
             max_connections: 8,
             connect_timeout_ms: 5_000,
+            sslmode: None,
+            ssl_root_cert: None,
         }
     }
 }
@@ -393,6 +510,7 @@ impl Config {
                 self.database.url.redacted()
             ));
         }
+        self.database.tls_problems(&mut p);
         for (name, value) in [
             ("database.schema", &self.database.schema),
             ("database.table", &self.database.table),

@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 
 use super::TableName;
@@ -62,10 +63,38 @@ pub async fn migrate(url: &str, table: &TableName) -> Result<usize, sqlx::Error>
 
 /// Like [`migrate`], but stops after migration `last` (for tests of older tables and upgrades).
 pub async fn migrate_to(url: &str, table: &TableName, last: i64) -> Result<usize, sqlx::Error> {
-    let mut conn = PgConnection::connect(url).await?;
+    let options: PgConnectOptions = url.parse()?;
+    migrate_options(&options, table, last).await
+}
+
+/// [`migrate`] over connection options (`outbox-relay migrate` gives the configured TLS
+/// settings this way).
+pub async fn migrate_with(
+    options: &PgConnectOptions,
+    table: &TableName,
+) -> Result<usize, sqlx::Error> {
+    migrate_options(options, table, LATEST_VERSION).await
+}
+
+async fn migrate_options(
+    options: &PgConnectOptions,
+    table: &TableName,
+    last: i64,
+) -> Result<usize, sqlx::Error> {
+    let mut conn = PgConnection::connect_with(options).await?;
     let schema = format!("\"{}\"", table.schema());
-    conn.execute(format!("CREATE SCHEMA IF NOT EXISTS {schema}").as_str())
-        .await?;
+    // Only when missing: `CREATE SCHEMA IF NOT EXISTS` checks for the right to create schemas
+    // in the database even when the schema exists, and an owner role that was given the
+    // schema (`outbox-relay grants`) needs no such right.
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)")
+            .bind(table.schema())
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        conn.execute(format!("CREATE SCHEMA IF NOT EXISTS {schema}").as_str())
+            .await?;
+    }
     conn.execute(format!("SET search_path TO {schema}").as_str())
         .await?;
 

@@ -3,6 +3,7 @@
 //!
 //! Every statement is built once at start-up from the validated, quoted table name.
 
+mod connect;
 mod leader;
 mod migrate;
 mod ops;
@@ -10,8 +11,9 @@ mod retention;
 mod stats;
 mod store;
 
+pub use connect::{connect_options, tls_failure};
 pub use leader::Leader;
-pub use migrate::{migrate, migrate_to, LATEST_VERSION};
+pub use migrate::{migrate, migrate_to, migrate_with, LATEST_VERSION};
 pub use ops::{
     HeldKey, KeyChange, OpsError, ParkedOps, ParkedRow, ReasonCount, Selector, SelectorError,
 };

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -29,6 +29,9 @@ pub enum StoreError {
     /// The table is missing or behind this relay's migrations.
     #[error("{0}")]
     NotMigrated(String),
+    /// A TLS handshake refused by a certificate check or the server, explained.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl StoreError {
@@ -38,7 +41,9 @@ impl StoreError {
     /// denied, failed authentication, an unknown database, a table behind its migrations.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::InvalidName(_) | Self::InvalidUrl(_) | Self::NotMigrated(_) => false,
+            Self::InvalidName(_) | Self::InvalidUrl(_) | Self::NotMigrated(_) | Self::Tls(_) => {
+                false
+            }
             Self::Postgres(e) => is_unavailable(e),
         }
     }
@@ -63,7 +68,11 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::TypeNotFound { .. }
         | sqlx::Error::Decode(_)
         | sqlx::Error::Migrate(_) => false,
-        // Io, Tls, PoolTimedOut, PoolClosed, Protocol, WorkerCrashed, RowNotFound…
+        // A certificate that fails verification, or a server without TLS when sslmode needs
+        // it: an operator must act. A TLS error caused by the connection itself (reset,
+        // closed) is an outage like any other lost connection.
+        sqlx::Error::Tls(source) => super::connect::tls_error_is_io(source.as_ref()),
+        // Io, PoolTimedOut, PoolClosed, Protocol, WorkerCrashed, RowNotFound…
         _ => true,
     }
 }
@@ -185,12 +194,7 @@ impl Outbox {
     ) -> Result<Self, StoreError> {
         let table =
             TableName::new(&config.schema, &config.table).map_err(StoreError::InvalidName)?;
-        let options: PgConnectOptions = config
-            .url
-            .expose()
-            .parse()
-            .map_err(StoreError::InvalidUrl)?;
-        let options = options
+        let options = super::connect::connect_options(config)?
             .application_name("outbox-relay")
             .options(settings.iter().copied());
         let pool = PgPoolOptions::new()
@@ -359,6 +363,16 @@ impl Outbox {
     /// Checks that the outbox table exists and is at this relay's migration version, so that a
     /// missing or old table is an operator's error at startup, not an outage retried forever.
     pub async fn check_ready(&self) -> Result<(), StoreError> {
+        self.check_table().await.map_err(|e| match &e {
+            StoreError::Postgres(sqlx_error) if !e.is_unavailable() => {
+                super::connect::tls_failure(sqlx_error, &self.pool.connect_options())
+                    .map_or(e, StoreError::Tls)
+            }
+            _ => e,
+        })
+    }
+
+    async fn check_table(&self) -> Result<(), StoreError> {
         let t = &self.table;
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(t.qualified())

@@ -21,6 +21,7 @@ pub use retention::{RetentionSql, Step};
 pub use stats::{StatsQueries, TableStats, TopicStatus, COUNT_CAP};
 pub use store::{
     capped, Claim, ClaimedRow, Delivered, Failed, Outbox, Parked, StoreError, REASON_MAX_BYTES,
+    RELAY_SESSION,
 };
 
 use crate::config::check_identifier;

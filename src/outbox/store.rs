@@ -152,6 +152,17 @@ pub struct Parked {
     pub holds_key: bool,
 }
 
+/// Session settings of the relay's batch connections:
+///
+/// - `synchronous_commit = off`: a batch's transaction only records what Kafka already holds
+///   (delivered, rescheduled, parked); if Postgres crashes before the commit reaches the disk,
+///   the rows are pending again and are produced again: a duplicate (same `event_id`), never a
+///   loss. Saves a WAL flush per batch.
+/// - `jit = off`: the claim's generic plan (a prepared statement's plan after five runs) is
+///   estimated above `jit_above_cost`, and compiling it took longer than running it: 50–130 ms
+///   against 7–13 ms for a 500-row claim on the bench's table (BENCHMARKS.md).
+pub const RELAY_SESSION: &[(&str, &str)] = &[("synchronous_commit", "off"), ("jit", "off")];
+
 /// The outbox table and the statements that act on it.
 #[derive(Debug, Clone)]
 pub struct Outbox {
@@ -175,16 +186,13 @@ impl Outbox {
         Self::connect_lazy_with(config, max_connections, &[])
     }
 
-    /// [`Outbox::connect_lazy`] for the relay's own batches: `synchronous_commit = off` on its
-    /// connections. A batch's transaction only records what Kafka already holds (delivered,
-    /// rescheduled, parked); if Postgres crashes before the commit reaches the disk, the rows
-    /// are pending again and are produced again: a duplicate (same `event_id`), never a loss.
-    /// Saves a WAL flush per batch.
+    /// [`Outbox::connect_lazy`] for the relay's own batches, with [`RELAY_SESSION`] on its
+    /// connections.
     pub fn connect_relay(
         config: &DatabaseConfig,
         max_connections: u32,
     ) -> Result<Self, StoreError> {
-        Self::connect_lazy_with(config, max_connections, &[("synchronous_commit", "off")])
+        Self::connect_lazy_with(config, max_connections, RELAY_SESSION)
     }
 
     fn connect_lazy_with(

@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use outbox_relay::config::OnDelivered;
-use outbox_relay::outbox::Outbox;
+use outbox_relay::outbox::{Outbox, RELAY_SESSION};
 use serde_json::json;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::workload::{payload_expr, Target};
 use crate::{say, Common, Figure, Outcome};
@@ -28,7 +29,16 @@ async fn sql_rate(
         mode_name(mode)
     ));
     target.prefill(rows).await?;
-    let outbox = Outbox::with_pool(target.pool.clone(), target.table.clone()).on_delivered(mode);
+    // The relay's own session settings (no JIT, asynchronous commit), on one connection.
+    let options = common
+        .database_url
+        .parse::<PgConnectOptions>()?
+        .options(RELAY_SESSION.iter().copied());
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let outbox = Outbox::with_pool(pool, target.table.clone()).on_delivered(mode);
     let complete = outbox.completion_sql().to_owned();
     let start = Instant::now();
     let mut done = 0u64;

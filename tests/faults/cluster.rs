@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    database_url, log_count, log_dir, wait_for_log, DedicatedCluster, RelayProcess, TestOutbox,
-    Writer,
+    database_url, http_get, log_count, log_dir, wait_for_log, wait_until, DedicatedCluster,
+    RelayProcess, TestOutbox, Writer,
 };
 
 const CLUSTER_PORT: u16 = 19092;
@@ -156,11 +156,24 @@ async fn with_two_brokers_down_the_relay_waits_for_the_cluster_without_burning_a
     assert!(pending > 0, "no row waiting: the outage proved nothing");
     assert_eq!(parked, 0, "a degraded cluster parked rows");
     assert_eq!(attempts, 0, "a degraded cluster burned attempts");
-    // Its pause: the probe finds the partitions still short of in-sync replicas.
+    // Its pause: the probe finds the partitions still short of in-sync replicas, and /readyz
+    // says so.
     wait_for_log(
         &relay.log,
         &["Kafka cluster still degraded", "min.insync.replicas"],
         Duration::from_secs(30),
+    )
+    .await;
+    let http = relay.http_address().await;
+    let readyz = std::cell::RefCell::new(String::new());
+    wait_until(
+        Duration::from_secs(30),
+        "/readyz unready (degraded)",
+        || async {
+            let (status, body) = http_get(&http, "/readyz").await;
+            *readyz.borrow_mut() = body;
+            status == 503 && readyz.borrow().contains("cannot take acks=all records")
+        },
     )
     .await;
     // Hold the outage for two more delivery timeouts (a relay that kept claiming would burn
@@ -184,6 +197,10 @@ async fn with_two_brokers_down_the_relay_waits_for_the_cluster_without_burning_a
         .wait_delivered(base + 500, Duration::from_secs(90))
         .await;
     let resumed = back.elapsed();
+    wait_until(Duration::from_secs(30), "/readyz ready again", || async {
+        http_get(&http, "/readyz").await.0 == 200
+    })
+    .await;
 
     let (attempts, duplicates) =
         drain_and_check(&outbox, &mut relay, writer, "two brokers down").await;
@@ -192,9 +209,10 @@ async fn with_two_brokers_down_the_relay_waits_for_the_cluster_without_burning_a
          {pending_at_return} rows pending when broker 2 returned, {delivered_while_down} marked \
          while down; broker 2 back → recovered {recovered:?}, 500 more rows delivered \
          {resumed:?}; sum(attempts) {attempts}, duplicates {duplicates}; relay log: {} \
-         'still degraded', {} 'not reachable' lines",
+         'still degraded', {} 'not reachable' lines; /readyz while degraded: {}",
         log_count(&relay.log, "Kafka cluster still degraded"),
         log_count(&relay.log, "not reachable"),
+        readyz.borrow(),
     );
     assert_eq!(attempts, 0, "a degraded cluster burned attempts");
 }

@@ -4,6 +4,7 @@
 //! the culprit of a refused record batch ([`resend`]), the probe that tells an outage from a
 //! row's fault ([`Producer::probe`]), and dead-letter copies ([`Producer::dead_letter`]).
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use crate::serialize::Encoded;
 
 mod context;
 mod dead_letter;
+mod replicas;
 mod reports;
 pub mod resend;
 mod topic_limits;
@@ -26,6 +28,8 @@ pub use context::{KafkaHealth, RelayContext};
 pub use dead_letter::DeadLetter;
 pub use reports::{delivery_report, reports, Reports};
 pub use topic_limits::TopicLimits;
+
+use replicas::{Degraded, PartitionReplicas};
 
 /// What the relay does about a failed row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +54,11 @@ pub enum Disposition {
 /// | all brokers down, authentication, cluster authorization, SSL, fatal | Outage |
 /// | anything else (timeouts, not enough replicas, leader changes, unknown topic) | Retry |
 ///
-/// A `Retry` while Kafka does not answer a metadata request is turned into `Outage` by the
-/// relay, so a broker outage that surfaces as message timeouts burns no attempts.
+/// A `Retry` while Kafka does not answer a metadata request, or while a partition of the row's
+/// topic has fewer in-sync replicas than its `min.insync.replicas` ([`Producer::cluster_state`]:
+/// the cause of `NOT_ENOUGH_REPLICAS`, and of the message timeouts it turns into once
+/// librdkafka's own retries run out), is turned into `Outage` by the relay, so a broker outage
+/// or a degraded cluster burns no attempts.
 pub fn classify(err: &KafkaError) -> Disposition {
     use RDKafkaErrorCode as C;
     let Some(code) = err.rdkafka_error_code() else {
@@ -80,6 +87,32 @@ pub fn classify(err: &KafkaError) -> Disposition {
         _ => Disposition::Retry,
     }
 }
+
+/// What a probe found: can the cluster take the relay's records?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// A broker answers, and no partition probed lacks in-sync replicas.
+    Answers,
+    /// No broker answers a metadata request.
+    Unreachable,
+    /// A broker answers, but a partition probed has fewer in-sync replicas than its topic's
+    /// `min.insync.replicas`: no `acks=all` record can be written there.
+    Degraded,
+}
+
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// No answer, or no broker in it.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// Kafka answers, but partitions found degraded still lack in-sync replicas.
+    #[error("Kafka answers but cannot take acks=all records: {0}")]
+    Degraded(String),
+}
+
+/// The replicas of each topic's partitions, as a metadata answer lists them.
+type Replicas = HashMap<String, Vec<PartitionReplicas>>;
 
 /// librdkafka settings for the relay's producer: our defaults, then the pass-through
 /// properties, then the guarded invariants (which config validation already checked).
@@ -134,6 +167,8 @@ pub struct Producer {
     client_config: ClientConfig,
     headers: HeadersConfig,
     metadata_timeout: Duration,
+    /// Topics found with partitions under `min.insync.replicas`, until they are not.
+    degraded: Arc<Degraded>,
 }
 
 impl Producer {
@@ -146,6 +181,7 @@ impl Producer {
             client_config,
             headers: headers.clone(),
             metadata_timeout: Duration::from_millis(kafka.metadata_timeout_ms),
+            degraded: Arc::default(),
         })
     }
 
@@ -183,23 +219,114 @@ impl Producer {
         Ok(())
     }
 
-    /// Does Kafka answer a metadata request? (Blocking call run off the async threads.) A
-    /// producer that hit a fatal error is replaced first.
-    pub async fn probe(&self) -> Result<(), KafkaError> {
+    /// Does Kafka answer a metadata request, and do the partitions found degraded (see
+    /// [`Producer::cluster_state`]) have their in-sync replicas back? (Blocking call run off
+    /// the async threads.) A producer that hit a fatal error is replaced first.
+    pub async fn probe(&self) -> Result<(), ProbeError> {
+        let degraded = self.degraded.topics();
+        let topics = degraded.iter().map(|(t, _)| t.clone()).collect();
+        let replicas = self.replicas(topics, true).await?;
+        let mut still = Vec::new();
+        for (topic, min_isr) in &degraded {
+            let under = replicas
+                .get(topic)
+                .map(|partitions| replicas::under_min_isr(partitions, *min_isr))
+                .unwrap_or_default();
+            if under.is_empty() {
+                self.degraded.recovered(topic);
+            } else {
+                still.push(replicas::describe(topic, *min_isr, &under));
+            }
+        }
+        if still.is_empty() {
+            Ok(())
+        } else {
+            Err(ProbeError::Degraded(still.join("; ")))
+        }
+    }
+
+    /// Whether partitions were found degraded and have not been seen recovered since.
+    pub fn is_degraded(&self) -> bool {
+        !self.degraded.is_empty()
+    }
+
+    /// Can the cluster take records for `topics`? Unreachable when no broker answers a metadata
+    /// request; degraded when a partition of one of them has fewer in-sync replicas than its
+    /// topic's `min.insync.replicas` (described through `limits`, only for a topic with a
+    /// replica out of sync; a topic whose minimum is unknown is not checked, nor one whose
+    /// replicas are all in sync, even if fewer than its minimum: that is its configuration, not
+    /// an outage). A degraded topic is remembered, said once at WARN, and fails
+    /// [`Producer::probe`] until its partitions have their replicas back.
+    pub async fn cluster_state(
+        &self,
+        topics: &BTreeSet<&str>,
+        limits: &TopicLimits,
+    ) -> ClusterState {
+        let names = topics.iter().map(|t| (*t).to_owned()).collect();
+        let Ok(replicas) = self.replicas(names, false).await else {
+            return ClusterState::Unreachable;
+        };
+        let mut state = ClusterState::Answers;
+        for &topic in topics {
+            let Some(partitions) = replicas.get(topic) else {
+                continue;
+            };
+            if partitions.iter().all(|p| p.in_sync >= p.replicas) {
+                continue;
+            }
+            let Some(min_isr) = limits.min_insync_replicas(topic).await else {
+                continue;
+            };
+            let under = replicas::under_min_isr(partitions, min_isr);
+            if !under.is_empty() {
+                self.degraded.note(topic, min_isr, &under);
+                state = ClusterState::Degraded;
+            }
+        }
+        state
+    }
+
+    /// Metadata requests: one for every topic with `every_topic` (or when `topics` is empty),
+    /// else one per topic of `topics` (clusters may hold many topics); and the replicas of
+    /// `topics`' partitions in the answers.
+    async fn replicas(
+        &self,
+        topics: Vec<String>,
+        every_topic: bool,
+    ) -> Result<Replicas, KafkaError> {
         self.replace_if_fatal()?;
         let producer = self.current();
         let timeout = self.metadata_timeout;
         tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, timeout)
-                .and_then(|m| {
-                    if m.brokers().is_empty() {
-                        Err(KafkaError::MetadataFetch(RDKafkaErrorCode::AllBrokersDown))
-                    } else {
-                        Ok(())
+            let client = producer.client();
+            let requests: Vec<Option<&str>> = if every_topic || topics.is_empty() {
+                vec![None]
+            } else {
+                topics.iter().map(|t| Some(t.as_str())).collect()
+            };
+            let mut out = Replicas::new();
+            for request in requests {
+                let m = client.fetch_metadata(request, timeout)?;
+                if m.brokers().is_empty() {
+                    return Err(KafkaError::MetadataFetch(RDKafkaErrorCode::AllBrokersDown));
+                }
+                for t in m.topics() {
+                    if t.error().is_some() || !topics.iter().any(|name| name == t.name()) {
+                        continue;
                     }
-                })
+                    let partitions = t
+                        .partitions()
+                        .iter()
+                        .map(|p| PartitionReplicas {
+                            partition: p.id(),
+                            replicas: p.replicas().len(),
+                            in_sync: p.isr().len(),
+                        })
+                        .collect();
+                    out.insert(t.name().to_owned(), partitions);
+                }
+            }
+            Ok(out)
         })
         .await
         .unwrap_or(Err(KafkaError::Canceled))
@@ -328,6 +455,7 @@ mod tests {
             (C::MessageTimedOut, Disposition::Retry),
             (C::RequestTimedOut, Disposition::Retry),
             (C::NotEnoughReplicas, Disposition::Retry),
+            (C::NotEnoughReplicasAfterAppend, Disposition::Retry),
             (C::UnknownTopicOrPartition, Disposition::Retry),
         ];
         for (code, want) in cases {

@@ -41,6 +41,7 @@ const BEFORE_MAX: &str = "message.timestamp.before.max.ms";
 /// Before Kafka 3.6 the one window, both ways; removed in Kafka 4.0.
 const DIFFERENCE_MAX: &str = "message.timestamp.difference.max.ms";
 const CLEANUP_POLICY: &str = "cleanup.policy";
+const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
 
 /// A describe that listed no configs: the topic does not exist (yet).
 const NO_CONFIGS: &str = "the broker listed no configs for the topic (unknown topic?)";
@@ -61,6 +62,9 @@ pub(crate) struct Limits {
     pub(crate) before: Option<Limit>,
     /// `cleanup.policy`, when it compacts (the topic refuses records without a key).
     pub(crate) compacting_policy: Option<String>,
+    /// `min.insync.replicas`: fewer in-sync replicas and the topic refuses `acks=all` records
+    /// (not a precheck: how the relay tells a degraded cluster, see `produce::replicas`).
+    pub(crate) min_insync_replicas: Option<i32>,
 }
 
 impl Limits {
@@ -76,6 +80,7 @@ impl Limits {
         let mut log_append_time = false;
         let (mut after, mut before, mut difference) = (None, None, None);
         let mut compacting_policy = None;
+        let mut min_insync_replicas = None;
         let ms = |v: Option<&str>| v.and_then(|v| v.trim().parse::<i64>().ok());
         for (name, value) in entries {
             match name {
@@ -89,6 +94,9 @@ impl Limits {
                     compacting_policy = value
                         .filter(|v| v.split(',').any(|p| p.trim() == "compact"))
                         .map(str::to_owned);
+                }
+                MIN_INSYNC_REPLICAS => {
+                    min_insync_replicas = value.and_then(|v| v.trim().parse::<i32>().ok());
                 }
                 _ => {}
             }
@@ -113,6 +121,7 @@ impl Limits {
             after: side(after, AFTER_MAX),
             before: side(before, BEFORE_MAX),
             compacting_policy,
+            min_insync_replicas,
         }
     }
 }
@@ -206,6 +215,19 @@ impl TopicLimits {
         }
         let limits = inner.refresh(&row.topic).await?;
         refusal(&row.topic, &limits, created_at, has_key, now_ms())
+    }
+
+    /// `topic`'s `min.insync.replicas`, from its described configs (cached like its limits);
+    /// None when unknown (the prechecks are off, or the topic cannot be described).
+    pub async fn min_insync_replicas(&self, topic: &str) -> Option<i32> {
+        let inner = self.inner.as_ref()?;
+        {
+            let cache = inner.cache.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = cache.get(topic).filter(|c| c.until > Instant::now()) {
+                return c.limits.as_ref()?.min_insync_replicas;
+            }
+        }
+        inner.refresh(topic).await?.min_insync_replicas
     }
 }
 
@@ -398,6 +420,14 @@ mod tests {
                 },
             ),
             (&[(CLEANUP_POLICY, "delete")], Limits::default()),
+            (
+                &[(MIN_INSYNC_REPLICAS, "2")],
+                Limits {
+                    min_insync_replicas: Some(2),
+                    ..Limits::default()
+                },
+            ),
+            (&[(MIN_INSYNC_REPLICAS, "two")], Limits::default()),
             (&[], Limits::default()),
         ];
         for (entries, want) in cases {
@@ -419,7 +449,7 @@ mod tests {
         let l = Limits {
             after: limit(AFTER_MAX, 3_600_000),
             before: limit(BEFORE_MAX, 86_400_000),
-            compacting_policy: None,
+            ..Limits::default()
         };
         let compact = Limits {
             compacting_policy: Some("compact,delete".into()),

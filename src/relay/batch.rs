@@ -23,7 +23,7 @@
 //! A refusal about a topic (its authorization) defers that topic's rows, without an attempt,
 //! and lets every other topic flow; see [`Shared::defer_delay`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ use super::decide::{decide, Failure};
 use super::Shared;
 use crate::outbox::{ClaimedRow, Delivered, Parked, StoreError};
 use crate::produce::resend::{self, Handed};
-use crate::produce::{self, DeadLetter, Disposition, ProduceError};
+use crate::produce::{self, ClusterState, DeadLetter, Disposition, ProduceError};
 use crate::retry::jitter_unit;
 use crate::serialize::SerializeError;
 
@@ -404,9 +404,21 @@ impl Shared {
             }
         }
 
-        // 4. Decide. A timeout while no broker answers is the cluster's fault, not the row's.
-        let kafka_answers = !failures.iter().any(|f| f.disposition == Disposition::Retry)
-            || self.producer.probe().await.is_ok();
+        // 4. Decide. A timeout while no broker answers, or a NOT_ENOUGH_REPLICAS (or the timeout
+        //    it turns into) while the rows' partitions lack in-sync replicas, is the cluster's
+        //    fault, not the row's.
+        let probed: BTreeSet<&str> = failures
+            .iter()
+            .filter(|f| f.disposition == Disposition::Retry)
+            .map(|f| rows[f.index].topic.as_str())
+            .collect();
+        let cluster = if probed.is_empty() {
+            ClusterState::Answers
+        } else {
+            self.producer
+                .cluster_state(&probed, &self.topic_limits)
+                .await
+        };
         for f in &failures {
             let row = &rows[f.index];
             warn!(id = row.id, event_id = %row.event_id, topic = %row.topic,
@@ -418,7 +430,7 @@ impl Shared {
             .filter(|f| f.kafka_code.is_some())
             .map(|f| (f.index, rows[f.index].id))
             .collect();
-        let decisions = decide(&rows, failures, &self.policies, kafka_answers, jitter_unit);
+        let decisions = decide(&rows, failures, &self.policies, cluster, jitter_unit);
         outcome.kafka_outage = decisions.kafka_outage;
         untouched += decisions.untouched;
         if decisions.kafka_outage {

@@ -1,10 +1,10 @@
 //! What happens to each row of a batch that did not make it: a pure decision, from the rows, how
-//! each failed, the topics' policies and whether Kafka answers. No I/O, so it is tested with
-//! tables (below) and no Kafka.
+//! each failed, the topics' policies and what a probe found of the cluster (does it answer, can
+//! it take `acks=all` records). No I/O, so it is tested with tables (below) and no Kafka.
 
 use crate::config::{OnParked, TopicPolicies};
 use crate::outbox::{capped, ClaimedRow, Failed, Parked, REASON_MAX_BYTES};
-use crate::produce::{Disposition, ProduceError};
+use crate::produce::{ClusterState, Disposition, ProduceError};
 use crate::retry::RetryDecision;
 use rdkafka::error::RDKafkaErrorCode;
 
@@ -49,15 +49,18 @@ pub(super) struct Decisions {
     pub(super) park: Vec<(usize, Parked)>,
     /// Left as they are (Kafka is away: not the rows' fault).
     pub(super) untouched: usize,
-    /// Kafka did not answer: the relay must pause.
+    /// Kafka did not answer, or cannot take records: the relay must pause.
     pub(super) kafka_outage: bool,
 }
 
 /// Sorts `failures` (none of them `Defer`: deferred topics are taken out before) into retries,
 /// parks and untouched rows.
 ///
-/// - `Outage`, or `Retry` while Kafka does not answer a metadata request (`kafka_answers` is
-///   false): the cluster's fault, not the row's; the row is left as it is and the relay pauses.
+/// - `Outage`, or `Retry` while the cluster is not [`ClusterState::Answers`] (no broker answers
+///   a metadata request, or a partition of the failed rows' topics has fewer in-sync replicas
+///   than its `min.insync.replicas`, so that timeouts are what `NOT_ENOUGH_REPLICAS` turned
+///   into): the cluster's fault, not the row's; the row is left as it is (no attempt counted,
+///   even on its last one) and the relay pauses.
 /// - `Retry`: one more attempt, after the topic's backoff (`jitter` draws a unit for each), or
 ///   parked when its attempts are used up ("gave up after N attempts: …").
 /// - `Park`: parked now, holding its key when the topic says `on_parked = "hold-key"`.
@@ -65,7 +68,7 @@ pub(super) fn decide(
     rows: &[ClaimedRow],
     failures: Vec<Failure>,
     policies: &TopicPolicies,
-    kafka_answers: bool,
+    cluster: ClusterState,
     mut jitter: impl FnMut() -> f64,
 ) -> Decisions {
     let mut d = Decisions::default();
@@ -83,7 +86,7 @@ pub(super) fn decide(
                 d.kafka_outage |= f.disposition == Disposition::Outage;
                 d.untouched += 1;
             }
-            Disposition::Retry if !kafka_answers => {
+            Disposition::Retry if cluster != ClusterState::Answers => {
                 d.kafka_outage = true;
                 d.untouched += 1;
             }
@@ -149,40 +152,49 @@ mod tests {
         TopicPolicies::new(&topics, &TopicConfig::default(), &RetryConfig::default())
     }
 
-    /// (row's attempts, disposition, Kafka answers) → (retried, parked, untouched, outage),
-    /// the parked reason's start.
+    /// (row's attempts, disposition, what the probe found) → (retried, parked, untouched,
+    /// outage), the parked reason's start.
     type Case = (
         i32,
         Disposition,
-        bool,
+        ClusterState,
         (usize, usize, usize, bool),
         &'static str,
     );
 
     #[test]
     fn each_failure_becomes_the_write_the_table_says() {
+        use ClusterState::{Answers, Degraded, Unreachable};
         let max = RetryConfig::default().max_attempts as i32;
         #[rustfmt::skip]
         let cases: &[Case] = &[
-            (0, Disposition::Retry, true, (1, 0, 0, false), ""),
-            (max - 1, Disposition::Retry, true, (0, 1, 0, false), "gave up after"),
-            (0, Disposition::Retry, false, (0, 0, 1, true), ""),
-            (0, Disposition::Park, true, (0, 1, 0, false), "reason 0"),
-            (0, Disposition::Park, false, (0, 1, 0, false), "reason 0"),
-            (3, Disposition::Outage, true, (0, 0, 1, true), ""),
-            (0, Disposition::Defer, true, (0, 0, 1, false), ""),
+            (0, Disposition::Retry, Answers, (1, 0, 0, false), ""),
+            (max - 1, Disposition::Retry, Answers, (0, 1, 0, false), "gave up after"),
+            (0, Disposition::Retry, Unreachable, (0, 0, 1, true), ""),
+            (max - 1, Disposition::Retry, Unreachable, (0, 0, 1, true), ""),
+            // A timeout while partitions lack in-sync replicas: the cluster's fault, even on
+            // the row's last attempt.
+            (0, Disposition::Retry, Degraded, (0, 0, 1, true), ""),
+            (max - 1, Disposition::Retry, Degraded, (0, 0, 1, true), ""),
+            (0, Disposition::Park, Answers, (0, 1, 0, false), "reason 0"),
+            (0, Disposition::Park, Unreachable, (0, 1, 0, false), "reason 0"),
+            (0, Disposition::Park, Degraded, (0, 1, 0, false), "reason 0"),
+            (3, Disposition::Outage, Answers, (0, 0, 1, true), ""),
+            (max - 1, Disposition::Outage, Degraded, (0, 0, 1, true), ""),
+            (0, Disposition::Defer, Answers, (0, 0, 1, false), ""),
+            (0, Disposition::Defer, Degraded, (0, 0, 1, false), ""),
         ];
-        for &(attempts, disposition, answers, (retried, parked, untouched, outage), reason) in cases
+        for &(attempts, disposition, cluster, (retried, parked, untouched, outage), reason) in cases
         {
             let rows = [row(1, "t", Some("k"), attempts)];
             let d = decide(
                 &rows,
                 vec![failure(0, disposition)],
                 &policies(),
-                answers,
+                cluster,
                 || 0.5,
             );
-            let case = format!("{attempts} {disposition:?} answers={answers}");
+            let case = format!("{attempts} {disposition:?} {cluster:?}");
             assert_eq!(d.retry.len(), retried, "{case}");
             assert_eq!(d.park.len(), parked, "{case}");
             assert_eq!(d.untouched, untouched, "{case}");
@@ -201,6 +213,28 @@ mod tests {
     }
 
     #[test]
+    fn in_a_degraded_cluster_only_poison_is_parked_and_no_row_costs_an_attempt() {
+        let max = RetryConfig::default().max_attempts as i32;
+        let rows = [
+            row(1, "t", Some("a"), max - 1),
+            row(2, "t", Some("b"), 0),
+            row(3, "t", Some("c"), 0),
+        ];
+        // A timeout (or NOT_ENOUGH_REPLICAS) on its last attempt, an outage, poison.
+        let failures = vec![
+            failure(0, Disposition::Retry),
+            failure(1, Disposition::Outage),
+            failure(2, Disposition::Park),
+        ];
+        let d = decide(&rows, failures, &policies(), ClusterState::Degraded, || 0.5);
+        assert!(d.retry.is_empty(), "{:?}", d.retry);
+        assert_eq!(d.untouched, 2);
+        assert!(d.kafka_outage);
+        let parked: Vec<i64> = d.park.iter().map(|(_, p)| p.id).collect();
+        assert_eq!(parked, [3]);
+    }
+
+    #[test]
     fn a_parked_row_holds_its_key_only_with_a_key_on_a_hold_key_topic() {
         let rows = [
             row(1, "t", Some("k"), 0),
@@ -208,7 +242,7 @@ mod tests {
             row(3, "skips", Some("k"), 0),
         ];
         let failures = (0..3).map(|i| failure(i, Disposition::Park)).collect();
-        let d = decide(&rows, failures, &policies(), true, || 0.5);
+        let d = decide(&rows, failures, &policies(), ClusterState::Answers, || 0.5);
         let holds: Vec<(i64, bool)> = d.park.iter().map(|(_, p)| (p.id, p.holds_key)).collect();
         assert_eq!(holds, [(1, true), (2, false), (3, false)]);
     }

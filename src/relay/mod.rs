@@ -438,11 +438,18 @@ impl Shared {
                 Err(e) => {
                     failures += 1;
                     let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                    if matches!(dependency, Dependency::Kafka) {
+                    // Kafka answers, but partitions lack in-sync replicas (the probe says which).
+                    let degraded =
+                        matches!(dependency, Dependency::Kafka) && self.producer.is_degraded();
+                    if matches!(dependency, Dependency::Kafka) && !degraded {
                         // Says "Kafka unreachable since …" once per outage.
                         self.producer.health().all_brokers_down();
                     }
-                    if failures == 1 || failures.is_multiple_of(10) {
+                    if degraded && (failures == 1 || failures.is_multiple_of(10)) {
+                        warn!(%target, error = %e, retry_in = ?delay, failures,
+                            "Kafka cluster still degraded; nothing is claimed until it can \
+                             take acks=all records");
+                    } else if failures == 1 || failures.is_multiple_of(10) {
                         warn!(%target, error = %e, retry_in = ?delay, failures,
                             "{name} not reachable; nothing is claimed until it answers");
                     } else {

@@ -9,7 +9,8 @@
 //! - `kafka`: topics and the one [`Record`] reader;
 //! - `relay`: in-process relays and relay binaries, signals, logs;
 //! - `registry`: configs wired to the registry double, confluent-kafka's decoders;
-//! - `stack`: dedicated services a fault test may kill, and a steady writer.
+//! - `stack`: dedicated services a fault test may kill (a broker, a three-broker cluster, a
+//!   Postgres cluster), and a steady writer.
 //!
 //! `OUTBOX_TEST_DATABASE_URL` and `OUTBOX_TEST_KAFKA` point elsewhere if needed.
 
@@ -31,7 +32,7 @@ pub use relay::{
     relay_until_delivered, signal, spawn_relay_binary, spawn_with_filter, wait_exit, wait_for_log,
     RelayProcess, RunningRelay,
 };
-pub use stack::{DedicatedKafka, DedicatedPostgres, Writer};
+pub use stack::{DedicatedCluster, DedicatedKafka, DedicatedPostgres, PartitionState, Writer};
 pub use wait::{poll_until, wait_until};
 
 pub fn database_url() -> String {

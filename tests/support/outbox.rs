@@ -117,7 +117,9 @@ impl TestOutbox {
         Self::table_only(&database_url(), &kafka_bootstrap()).await
     }
 
-    async fn table_only(database_url: &str, bootstrap: &str) -> Self {
+    /// The schema and table on `database_url`, the topic a name on `bootstrap` that the caller
+    /// creates (e.g. replicated, on a cluster).
+    pub async fn table_only(database_url: &str, bootstrap: &str) -> Self {
         let suffix = Uuid::new_v4().simple().to_string();
         let schema = format!("t_{}", &suffix[..12]);
         let table = TableName::new(&schema, "outbox").unwrap();

@@ -1,6 +1,6 @@
-//! Services a fault test may kill: a dedicated Kafka or PostgreSQL started through
-//! `scripts/stack`, and a steady [`Writer`] of outbox rows that rides out a database that is
-//! away.
+//! Services a fault test may kill: a dedicated Kafka, three-broker cluster or PostgreSQL
+//! started through `scripts/stack`, and a steady [`Writer`] of outbox rows that rides out a
+//! database that is away.
 //!
 //! Dedicated instances live in their own `OUTBOX_STACK_DIR` under /var/tmp and on their own
 //! ports; the shared services on 5432/9092 are never stopped from here.
@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::TestOutbox;
@@ -104,6 +107,198 @@ fn stack_down(dir: &Path, env: &[(&str, String)]) {
         .env("OUTBOX_STACK_DIR", dir)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output();
+}
+
+/// A three-broker KRaft cluster of this test's own (`scripts/stack cluster-*`): brokers 1–3 on
+/// `port`, `port + 1`, `port + 2`, a controller on `port + 3` (never stopped: the brokers are
+/// what fails), replication factor 3, `min.insync.replicas = 2`. Stopped when dropped, also
+/// when the test fails.
+pub struct DedicatedCluster {
+    dir: PathBuf,
+    port: u16,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+}
+
+/// One partition as the cluster's metadata lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    pub partition: i32,
+    /// -1 while it has none.
+    pub leader: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+}
+
+impl DedicatedCluster {
+    /// Starts the controller and the three brokers (on the data `dir` holds, if any) and waits
+    /// until every broker answers.
+    pub async fn start(dir: &str, port: u16) -> Self {
+        let admin = ClientConfig::new()
+            .set("bootstrap.servers", cluster_bootstrap(port))
+            .create()
+            .expect("admin client");
+        let cluster = Self {
+            dir: PathBuf::from(dir),
+            port,
+            admin: Arc::new(admin),
+        };
+        cluster.run(vec!["cluster-up"]).await;
+        cluster
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("CLUSTER_PORT", self.port.to_string()),
+            ("PGPORT", "5432".into()),
+        ]
+    }
+
+    async fn run(&self, args: Vec<&'static str>) {
+        stack_async(self.dir.clone(), self.env(), args).await;
+    }
+
+    /// The three brokers.
+    pub fn bootstrap(&self) -> String {
+        cluster_bootstrap(self.port)
+    }
+
+    /// SIGKILL broker `id` (1–3), as a crash would.
+    pub async fn kill(&self, id: i32) {
+        self.run(vec!["cluster-kill", broker_arg(id)]).await;
+    }
+
+    /// Stops broker `id` (SIGTERM: a controlled shutdown, its leaderships moved first).
+    pub async fn stop(&self, id: i32) {
+        self.run(vec!["cluster-stop", broker_arg(id)]).await;
+    }
+
+    /// Starts broker `id` again (on its data) and waits until the cluster lists it.
+    pub async fn start_broker(&self, id: i32) {
+        self.run(vec!["cluster-start", broker_arg(id)]).await;
+    }
+
+    /// Creates `topic` with `partitions` partitions, three replicas each and
+    /// `min.insync.replicas = 2` (set on the topic, whatever the cluster's default).
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(3))
+            .set("min.insync.replicas", "2");
+        let results = self
+            .admin
+            .create_topics(
+                &[new],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            )
+            .await
+            .expect("create topic on the cluster");
+        for r in results {
+            r.expect("topic created");
+        }
+        self.wait_until_in_sync(topic, Duration::from_secs(60))
+            .await;
+    }
+
+    /// `topic`'s partitions as a metadata request answers now.
+    pub async fn partitions(&self, topic: &str) -> Vec<PartitionState> {
+        let (admin, topic) = (Arc::clone(&self.admin), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let m = admin
+                .inner()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .expect("cluster metadata");
+            let t = m.topics().iter().find(|t| t.name() == topic);
+            t.map(|t| {
+                let mut ps: Vec<PartitionState> = t
+                    .partitions()
+                    .iter()
+                    .map(|p| PartitionState {
+                        partition: p.id(),
+                        leader: p.leader(),
+                        replicas: p.replicas().to_vec(),
+                        isr: p.isr().to_vec(),
+                    })
+                    .collect();
+                ps.sort_by_key(|p| p.partition);
+                ps
+            })
+            .unwrap_or_default()
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The broker leading `topic`'s `partition` now.
+    pub async fn leader_of(&self, topic: &str, partition: i32) -> i32 {
+        let ps = self.partitions(topic).await;
+        let p = ps
+            .iter()
+            .find(|p| p.partition == partition)
+            .unwrap_or_else(|| panic!("no partition {partition} of {topic}: {ps:?}"));
+        assert!(p.leader > 0, "partition {partition} has no leader: {p:?}");
+        p.leader
+    }
+
+    /// Waits until `partition` of `topic` is led by a broker other than `old`; returns it.
+    pub async fn wait_for_new_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        old: i32,
+        timeout: Duration,
+    ) -> i32 {
+        let leader = std::cell::Cell::new(old);
+        let what = format!("a leader other than broker {old} for {topic}[{partition}]");
+        super::wait::wait_until(timeout, &what, || async {
+            let now = self
+                .partitions(topic)
+                .await
+                .iter()
+                .find(|p| p.partition == partition)
+                .map_or(-1, |p| p.leader);
+            leader.set(now);
+            now > 0 && now != old
+        })
+        .await;
+        leader.get()
+    }
+
+    /// Waits until every partition of `topic` has all its replicas in sync.
+    pub async fn wait_until_in_sync(&self, topic: &str, timeout: Duration) {
+        let what = format!("every replica of {topic} in sync");
+        super::wait::wait_until(timeout, &what, || async {
+            let ps = self.partitions(topic).await;
+            !ps.is_empty()
+                && ps
+                    .iter()
+                    .all(|p| p.leader > 0 && p.isr.len() == p.replicas.len())
+        })
+        .await;
+    }
+}
+
+impl Drop for DedicatedCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack"))
+            .arg("cluster-down")
+            .env("OUTBOX_STACK_DIR", &self.dir)
+            .envs(self.env().iter().map(|(k, v)| (*k, v.as_str())))
+            .output();
+    }
+}
+
+fn cluster_bootstrap(port: u16) -> String {
+    (0..3)
+        .map(|i| format!("127.0.0.1:{}", port + i))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn broker_arg(id: i32) -> &'static str {
+    match id {
+        1 => "1",
+        2 => "2",
+        3 => "3",
+        _ => panic!("the cluster has brokers 1, 2 and 3, not {id}"),
+    }
 }
 
 /// A PostgreSQL cluster of this test's own, with the usual role and database. Stopped when

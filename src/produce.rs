@@ -73,8 +73,9 @@ pub fn classify(err: &KafkaError) -> Disposition {
     }
 }
 
-/// librdkafka settings for the relay's producer: our defaults, then the pass-through
-/// properties, then the guarded invariants (which config validation already checked).
+/// librdkafka settings for the relay's producer: our defaults, then `kafka.security`, then the
+/// pass-through properties (config validation refused those that `kafka.security` sets too),
+/// then the guarded invariants (which config validation already checked).
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.bootstrap_servers)
@@ -82,11 +83,52 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("linger.ms", "1")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", kafka.delivery_timeout_ms.to_string());
+    for (k, v) in kafka.security.librdkafka_properties() {
+        c.set(k, v);
+    }
     for (k, v) in &kafka.properties {
         c.set(k, v.as_config_string());
     }
     c.set("acks", "all").set("enable.idempotence", "true");
     c
+}
+
+/// librdkafka settings for the relay's other Kafka clients (the consumer of `check-order`):
+/// how to reach and authenticate to the brokers, and nothing of the producer's. That is
+/// `bootstrap.servers`, `kafka.security`, and the pass-through properties for which
+/// [`is_connection_property`] holds.
+pub fn connection_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (k, v) in kafka.security.librdkafka_properties() {
+        c.set(k, v);
+    }
+    for (k, v) in kafka
+        .properties
+        .iter()
+        .filter(|(k, _)| is_connection_property(k))
+    {
+        c.set(k, v.as_config_string());
+    }
+    c
+}
+
+/// A librdkafka property about the connection to the brokers (TLS, SASL, sockets, addresses,
+/// reconnects), which every client of the relay needs, not only the producer.
+pub fn is_connection_property(key: &str) -> bool {
+    const PREFIXES: [&str; 10] = [
+        "security.",
+        "sasl.",
+        "ssl.",
+        "ssl_",
+        "enable.ssl.",
+        "enable.sasl.",
+        "socket.",
+        "broker.",
+        "client.dns.",
+        "reconnect.",
+    ];
+    PREFIXES.iter().any(|p| key.starts_with(p))
 }
 
 /// Why a row was not delivered.
@@ -117,6 +159,18 @@ impl ProduceError {
     }
 }
 
+/// Why Kafka did not answer a metadata request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// No answer, or an error answer.
+    #[error("{0}")]
+    Kafka(#[from] KafkaError),
+    /// No answer, and a broker refused the connection meanwhile (authentication, TLS): the
+    /// refusal, which says more than the request's timeout.
+    #[error("{refusal} (metadata request: {kafka})")]
+    Refused { refusal: String, kafka: KafkaError },
+}
+
 /// Waits for a record's delivery report: where Kafka put it (partition, offset), or why not.
 pub async fn delivery_report(delivery: DeliveryFuture) -> Result<(i32, i64), ProduceError> {
     match delivery.await {
@@ -140,7 +194,9 @@ pub struct Producer {
 impl Producer {
     pub fn new(kafka: &KafkaConfig, headers: &HeadersConfig) -> Result<Self, KafkaError> {
         let client_config = client_config(kafka);
-        let health = Arc::new(KafkaHealth::default());
+        let health = Arc::new(KafkaHealth::new(context::describe_connection(
+            &client_config,
+        )));
         Ok(Self {
             inner: Arc::new(RwLock::new(Self::create(&client_config, &health)?)),
             health,
@@ -185,12 +241,13 @@ impl Producer {
     }
 
     /// Does Kafka answer a metadata request? (Blocking call run off the async threads.) A
-    /// producer that hit a fatal error is replaced first.
-    pub async fn probe(&self) -> Result<(), KafkaError> {
+    /// producer that hit a fatal error is replaced first. When a broker refused the connection
+    /// meanwhile, the error says so.
+    pub async fn probe(&self) -> Result<(), ProbeError> {
         self.replace_if_fatal()?;
         let producer = self.current();
         let timeout = self.metadata_timeout;
-        tokio::task::spawn_blocking(move || {
+        let answer = tokio::task::spawn_blocking(move || {
             producer
                 .client()
                 .fetch_metadata(None, timeout)
@@ -203,7 +260,11 @@ impl Producer {
                 })
         })
         .await
-        .unwrap_or(Err(KafkaError::Canceled))
+        .unwrap_or(Err(KafkaError::Canceled));
+        answer.map_err(|kafka| match self.health.refusal() {
+            Some(refusal) => ProbeError::Refused { refusal, kafka },
+            None => ProbeError::Kafka(kafka),
+        })
     }
 
     /// Hands one row's record to librdkafka, waiting while its queue is full. `encoded` holds

@@ -425,6 +425,8 @@ mod tests {
             (C::InvalidTopic, Disposition::Park),
             (C::AllBrokersDown, Disposition::Outage),
             (C::SaslAuthenticationFailed, Disposition::Outage),
+            (C::Authentication, Disposition::Outage),
+            (C::SSL, Disposition::Outage),
             (C::TopicAuthorizationFailed, Disposition::Defer),
             (C::MessageTimedOut, Disposition::Retry),
             (C::RequestTimedOut, Disposition::Retry),

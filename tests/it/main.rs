@@ -17,6 +17,7 @@ mod delete_on_delivery;
 mod delivery;
 mod exact_numbers;
 mod failures;
+mod kafka_security;
 mod limits;
 mod mock_cluster;
 mod operations;

@@ -235,11 +235,25 @@ fn delivered_log(table: &TableName) -> String {
     format!("\"{}\".\"{}_delivered\"", table.schema(), table.table())
 }
 
-/// Checks `topic` against the outbox `table` (and its delivery log).
+/// Checks `topic` against the outbox `table` (and its delivery log), reading it from the
+/// brokers at `bootstrap` over PLAINTEXT.
 pub async fn check(
     pool: &PgPool,
     table: &TableName,
     bootstrap: &str,
+    topic: &str,
+) -> Result<OrderReport, OrderCheckError> {
+    let mut connection = ClientConfig::new();
+    connection.set("bootstrap.servers", bootstrap);
+    check_with(pool, table, connection, topic).await
+}
+
+/// [`check`], reading the topic through a consumer built on `connection` (the brokers and how
+/// to reach them: [`crate::produce::connection_config`]).
+pub async fn check_with(
+    pool: &PgPool,
+    table: &TableName,
+    connection: ClientConfig,
     topic: &str,
 ) -> Result<OrderReport, OrderCheckError> {
     let mut rows: Vec<OutboxRow> = sqlx::query_as::<
@@ -268,8 +282,8 @@ pub async fn check(
     })
     .collect();
 
-    let (bootstrap, name) = (bootstrap.to_owned(), topic.to_owned());
-    let records = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &name))
+    let name = topic.to_owned();
+    let records = tokio::task::spawn_blocking(move || read_topic(connection, &name))
         .await
         .map_err(|e| OrderCheckError::Reader(e.to_string()))??;
 
@@ -311,9 +325,11 @@ pub async fn check(
 }
 
 /// Reads every record below the high watermarks of this moment.
-fn read_topic(bootstrap: &str, topic: &str) -> Result<Vec<LogRecord>, OrderCheckError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+fn read_topic(
+    mut connection: ClientConfig,
+    topic: &str,
+) -> Result<Vec<LogRecord>, OrderCheckError> {
+    let consumer: BaseConsumer = connection
         .set(
             "group.id",
             format!("outbox-relay-order-check-{}", Uuid::new_v4()),

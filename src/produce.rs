@@ -104,8 +104,12 @@ pub enum ClusterState {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// No answer, or no broker in it.
-    #[error(transparent)]
+    #[error("{0}")]
     Kafka(#[from] KafkaError),
+    /// No answer, and a broker refused the connection meanwhile (authentication, TLS): the
+    /// refusal, which says more than the request's timeout.
+    #[error("{refusal} (metadata request: {kafka})")]
+    Refused { refusal: String, kafka: KafkaError },
     /// Kafka answers, but partitions found degraded still lack in-sync replicas.
     #[error("Kafka answers but cannot take acks=all records: {0}")]
     Degraded(String),
@@ -114,8 +118,9 @@ pub enum ProbeError {
 /// The replicas of each topic's partitions, as a metadata answer lists them.
 type Replicas = HashMap<String, Vec<PartitionReplicas>>;
 
-/// librdkafka settings for the relay's producer: our defaults, then the pass-through
-/// properties, then the guarded invariants (which config validation already checked).
+/// librdkafka settings for the relay's producer: our defaults, then `kafka.security`, then the
+/// pass-through properties (config validation refused those that `kafka.security` sets too),
+/// then the guarded invariants (which config validation already checked).
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.bootstrap_servers)
@@ -123,11 +128,52 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("linger.ms", "1")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", kafka.delivery_timeout_ms.to_string());
+    for (k, v) in kafka.security.librdkafka_properties() {
+        c.set(k, v);
+    }
     for (k, v) in &kafka.properties {
         c.set(k, v.as_config_string());
     }
     c.set("acks", "all").set("enable.idempotence", "true");
     c
+}
+
+/// librdkafka settings for the relay's other Kafka clients (the consumer of `check-order`):
+/// how to reach and authenticate to the brokers, and nothing of the producer's. That is
+/// `bootstrap.servers`, `kafka.security`, and the pass-through properties for which
+/// [`is_connection_property`] holds.
+pub fn connection_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (k, v) in kafka.security.librdkafka_properties() {
+        c.set(k, v);
+    }
+    for (k, v) in kafka
+        .properties
+        .iter()
+        .filter(|(k, _)| is_connection_property(k))
+    {
+        c.set(k, v.as_config_string());
+    }
+    c
+}
+
+/// A librdkafka property about the connection to the brokers (TLS, SASL, sockets, addresses,
+/// reconnects), which every client of the relay needs, not only the producer.
+pub fn is_connection_property(key: &str) -> bool {
+    const PREFIXES: [&str; 10] = [
+        "security.",
+        "sasl.",
+        "ssl.",
+        "ssl_",
+        "enable.ssl.",
+        "enable.sasl.",
+        "socket.",
+        "broker.",
+        "client.dns.",
+        "reconnect.",
+    ];
+    PREFIXES.iter().any(|p| key.starts_with(p))
 }
 
 /// Why a row was not delivered.
@@ -174,7 +220,9 @@ pub struct Producer {
 impl Producer {
     pub fn new(kafka: &KafkaConfig, headers: &HeadersConfig) -> Result<Self, KafkaError> {
         let client_config = client_config(kafka);
-        let health = Arc::new(KafkaHealth::default());
+        let health = Arc::new(KafkaHealth::new(context::describe_connection(
+            &client_config,
+        )));
         Ok(Self {
             inner: Arc::new(RwLock::new(Self::create(&client_config, &health)?)),
             health,
@@ -225,7 +273,13 @@ impl Producer {
     pub async fn probe(&self) -> Result<(), ProbeError> {
         let degraded = self.degraded.topics();
         let topics = degraded.iter().map(|(t, _)| t.clone()).collect();
-        let replicas = self.replicas(topics, true).await?;
+        let replicas =
+            self.replicas(topics, true)
+                .await
+                .map_err(|kafka| match self.health.refusal() {
+                    Some(refusal) => ProbeError::Refused { refusal, kafka },
+                    None => ProbeError::Kafka(kafka),
+                })?;
         let mut still = Vec::new();
         for (topic, min_isr) in &degraded {
             let under = replicas
@@ -451,6 +505,8 @@ mod tests {
             (C::InvalidTopic, Disposition::Park),
             (C::AllBrokersDown, Disposition::Outage),
             (C::SaslAuthenticationFailed, Disposition::Outage),
+            (C::Authentication, Disposition::Outage),
+            (C::SSL, Disposition::Outage),
             (C::TopicAuthorizationFailed, Disposition::Defer),
             (C::MessageTimedOut, Disposition::Retry),
             (C::RequestTimedOut, Disposition::Retry),

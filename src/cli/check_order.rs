@@ -28,10 +28,14 @@ pub struct CheckOrderArgs {
 
 pub(super) async fn check_order(config: &Config, args: &CheckOrderArgs) -> anyhow::Result<()> {
     let (pool, table) = selector::pool(config).await?;
-    let mut report =
-        order_check::check(&pool, &table, &config.kafka.bootstrap_servers, &args.topic)
-            .await
-            .with_context(|| format!("checking topic {:?}", args.topic))?;
+    let mut report = order_check::check_with(
+        &pool,
+        &table,
+        crate::produce::connection_config(&config.kafka),
+        &args.topic,
+    )
+    .await
+    .with_context(|| format!("checking topic {:?}", args.topic))?;
     report.allow = Allow {
         pending: args.allow_pending,
         parked: args.allow_parked,

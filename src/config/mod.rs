@@ -1,17 +1,20 @@
 //! Configuration: defaults → TOML file → environment (`OUTBOX_RELAY__SECTION__KEY`).
 //!
 //! Unknown keys are rejected, every problem is reported together in one message, and secrets
-//! (the database password, SASL/SSL passwords in pass-through properties) never reach `Debug`
-//! output, logs or `config check`. The doc comment on each field is the config reference.
+//! (the database password, the registry and SASL passwords, SASL/SSL secrets in pass-through
+//! properties) never reach `Debug` output, logs or `config check`. Secrets may come from files
+//! (`*_file` keys), read at load. The doc comment on each field is the config reference.
 
+mod kafka_security;
 mod operations;
 mod registry;
 mod secret;
 mod topics;
 
+pub use kafka_security::{KafkaSecurity, SaslMechanism, SecurityProtocol};
 pub use operations::{parse_duration, HttpConfig, RetentionConfig};
 pub use registry::RegistryConfig;
-pub use secret::{is_secret_property, redact_url, Secret};
+pub use secret::{is_secret_property, read_secret_file, redact_url, Secret};
 pub use topics::{
     check_topic_name, Format, KeyFormat, OnParked, RetryConfig, Selection, SubjectStrategy,
     TopicConfig, TopicPolicies, TopicPolicy,
@@ -73,6 +76,10 @@ pub struct DatabaseConfig {
     /// `verify-full` (unset: the system's roots). The URL's `sslrootcert` parameter is the
     /// same; setting both is refused.
     pub ssl_root_cert: Option<PathBuf>,
+    /// A file holding the database password (e.g. a mounted Kubernetes secret), read at load
+    /// (one trailing newline trimmed) and added to the connection options (the URL's
+    /// `password` parameter); `url` then carries no password.
+    pub password_file: Option<PathBuf>,
 }
 
 /// `database.sslmode`.
@@ -191,6 +198,7 @@ impl Default for DatabaseConfig {
             connect_timeout_ms: 5_000,
             sslmode: None,
             ssl_root_cert: None,
+            password_file: None,
         }
     }
 }
@@ -214,9 +222,13 @@ pub struct KafkaConfig {
     /// window, no key on a compacted topic) before producing it, from the topic's described
     /// configs (cached 60 s). Off: such rows go to Kafka, which refuses them.
     pub check_topic_limits: bool,
+    /// TLS and SASL, for every Kafka client of the relay.
+    pub security: KafkaSecurity,
     /// librdkafka properties passed through as they are (e.g. `"linger.ms" = 5`,
-    /// `"security.protocol" = "SASL_SSL"`). `acks` and `enable.idempotence` are always `all`
-    /// and `true`; a property contradicting them is refused.
+    /// `"ssl.certificate.location" = "…"`). `acks` and `enable.idempotence` are always `all`
+    /// and `true`; a property contradicting them is refused, and so is one that a
+    /// `kafka.security` key sets too. Connection properties (`security.*`, `sasl.*`, `ssl.*`,
+    /// `socket.*`…) reach every Kafka client of the relay, the others the producer only.
     pub properties: BTreeMap<String, PropertyValue>,
 }
 
@@ -235,6 +247,7 @@ impl fmt::Debug for KafkaConfig {
             .field("metadata_timeout_ms", &self.metadata_timeout_ms)
             .field("delivery_timeout_ms", &self.delivery_timeout_ms)
             .field("check_topic_limits", &self.check_topic_limits)
+            .field("security", &self.security)
             .field("properties", &properties)
             .finish()
     }
@@ -248,6 +261,7 @@ impl Default for KafkaConfig {
             metadata_timeout_ms: 5_000,
             delivery_timeout_ms: 20_000,
             check_topic_limits: true,
+            security: KafkaSecurity::default(),
             properties: BTreeMap::new(),
         }
     }
@@ -483,7 +497,8 @@ impl Config {
             problems.push(format!("unknown key `{path}`"))
         });
         match parsed {
-            Ok(config) => {
+            Ok(mut config) => {
+                problems.extend(config.load_secret_files());
                 problems.extend(config.problems());
                 if problems.is_empty() {
                     Ok(config)
@@ -496,6 +511,47 @@ impl Config {
                 Err(ConfigError { problems })
             }
         }
+    }
+
+    /// Reads the `*_file` secrets into their keys (`database.password_file` into the
+    /// database's connection options); the problems found (a file that cannot be read, a key
+    /// and its `_file` both set). `load` and `from_figment` call it.
+    pub fn load_secret_files(&mut self) -> Vec<String> {
+        let mut p = Vec::new();
+        let kafka = &mut self.kafka.security;
+        secret::load_secret_file(
+            "kafka.security.password",
+            &mut kafka.password,
+            kafka.password_file.as_deref(),
+            &mut p,
+        );
+        let registry = &mut self.registry;
+        secret::load_secret_file(
+            "registry.password",
+            &mut registry.password,
+            registry.password_file.as_deref(),
+            &mut p,
+        );
+        if let Some(path) = &self.database.password_file {
+            let url = self.database.url.expose();
+            if secret::url_has_password(url) {
+                p.push(
+                    "database.password_file is set and database.url carries a password too;                      keep one"
+                        .into(),
+                );
+            } else {
+                match read_secret_file(path) {
+                    Ok(pw) => {
+                        self.database.url = DatabaseUrl(secret::url_with_password(url, &pw));
+                    }
+                    Err(e) => p.push(format!(
+                        "database.password_file {}: cannot read it ({e})",
+                        path.display()
+                    )),
+                }
+            }
+        }
+        p
     }
 
     /// Every invariant the values break, as sentences.
@@ -533,6 +589,7 @@ impl Config {
             p.push("kafka.bootstrap_servers is missing (e.g. \"127.0.0.1:9092\")".into());
         }
         p.extend(producer_guard_problems(&self.kafka.properties));
+        self.kafka.security.problems(&self.kafka.properties, &mut p);
         if !(1..=10_000).contains(&self.relay.batch_size) {
             p.push(format!(
                 "relay.batch_size must be between 1 and 10000 (got {})",

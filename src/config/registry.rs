@@ -20,6 +20,9 @@ pub struct RegistryConfig {
     pub username: String,
     /// Basic-auth password (e.g. an API secret). Redacted everywhere.
     pub password: Secret,
+    /// A file holding `password` (e.g. a mounted Kubernetes secret), read at load; one trailing
+    /// newline is trimmed. Exclusive with `password`.
+    pub password_file: Option<PathBuf>,
     /// PEM file of the CA that signed the registry's TLS certificate (default: system roots).
     pub ca_location: Option<PathBuf>,
     /// Timeout of one registry request, in milliseconds.
@@ -41,6 +44,7 @@ impl Default for RegistryConfig {
             url: String::new(),
             username: String::new(),
             password: Secret::default(),
+            password_file: None,
             ca_location: None,
             timeout_ms: 5_000,
             latest_ttl_ms: 60_000,
@@ -62,6 +66,7 @@ impl fmt::Debug for RegistryConfig {
             .field("url", &redact_url(&self.url))
             .field("username", &self.username)
             .field("password", &self.password)
+            .field("password_file", &self.password_file)
             .field("ca_location", &self.ca_location)
             .field("timeout_ms", &self.timeout_ms)
             .field("latest_ttl_ms", &self.latest_ttl_ms)

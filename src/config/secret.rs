@@ -6,6 +6,7 @@
 //! `Display` and serialized output (`config check`) show `***`.
 
 use std::fmt;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -114,6 +115,79 @@ fn is_secret_param(name: &str) -> bool {
     n.contains("password") || n.contains("secret") || n.contains("token") || n == "sslkey"
 }
 
+/// Reads the secret of a `*_file` key: the file's contents, one trailing newline (`\n` or
+/// `\r\n`) trimmed, as Kubernetes secrets mounted as files and `echo` leave it.
+pub fn read_secret_file(path: &Path) -> std::io::Result<Secret> {
+    let mut text = std::fs::read_to_string(path)?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(Secret(text))
+}
+
+/// `key_file` (a path) into `secret` (the value of `key`): both set is a problem, and so is a
+/// file that cannot be read.
+pub(super) fn load_secret_file(
+    key: &str,
+    secret: &mut Secret,
+    file: Option<&Path>,
+    out: &mut Vec<String>,
+) {
+    let Some(path) = file else { return };
+    if !secret.expose().is_empty() {
+        out.push(format!("{key} and {key}_file are both set; keep one"));
+        return;
+    }
+    match read_secret_file(path) {
+        Ok(s) => *secret = s,
+        Err(e) => out.push(format!(
+            "{key}_file {}: cannot read it ({e})",
+            path.display()
+        )),
+    }
+}
+
+/// Does this URL carry a password (in its user info, or as a `password` query parameter)?
+pub(super) fn url_has_password(url: &str) -> bool {
+    let Some(scheme_end) = url.find("://") else {
+        return false;
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let in_userinfo = rest[..authority_end]
+        .rfind('@')
+        .is_some_and(|at| rest[..at].contains(':'));
+    let query = rest[authority_end..]
+        .split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or_default())
+        .unwrap_or_default();
+    in_userinfo
+        || query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some("password"))
+}
+
+/// `url` with `password=<password>` (percent-encoded) added to its query.
+pub(super) fn url_with_password(url: &str, password: &Secret) -> String {
+    let (base, fragment) = match url.find('#') {
+        Some(h) => (&url[..h], &url[h..]),
+        None => (url, ""),
+    };
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let mut encoded = String::with_capacity(password.0.len() * 3);
+    for b in password.0.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{base}{sep}password={encoded}{fragment}")
+}
+
 /// How a pass-through property's value may be shown: `***` if its name looks secret, else the
 /// value with any URL credentials redacted.
 pub(super) fn shown_property(key: &str, value: &str) -> String {
@@ -142,6 +216,56 @@ mod tests {
             "https://id:***@idp/token?client_secret=***#x"
         );
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn a_secret_file_loses_one_trailing_newline_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for (written, read) in [
+            ("pw\n", "pw"),
+            ("pw\r\n", "pw"),
+            ("pw\n\n", "pw\n"),
+            (" pw ", " pw "),
+            ("pw", "pw"),
+        ] {
+            let path = dir.path().join("secret");
+            std::fs::write(&path, written).unwrap();
+            assert_eq!(
+                read_secret_file(&path).unwrap().expose(),
+                read,
+                "{written:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_password_from_a_file_goes_into_the_url_query_percent_encoded() {
+        let pw = Secret::new("p@ss w&rd/=");
+        let url = url_with_password("postgres://outbox@127.0.0.1:5432/outbox", &pw);
+        assert_eq!(
+            url,
+            "postgres://outbox@127.0.0.1:5432/outbox?password=p%40ss%20w%26rd%2F%3D"
+        );
+        assert!(url_has_password(&url));
+        assert_eq!(
+            url_with_password("postgres://h/d?sslmode=require", &Secret::new("x")),
+            "postgres://h/d?sslmode=require&password=x"
+        );
+        assert!(!redact_url(&url).contains("p%40ss"));
+        let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+        assert_eq!(options.get_username(), "outbox");
+        assert!(
+            format!("{options:?}").contains(r#"password: Some("p@ss w&rd/=")"#),
+            "sqlx decodes it back"
+        );
+        for (url, has) in [
+            ("postgres://u:p@h/d", true),
+            ("postgres://u@h/d", false),
+            ("postgres://h/d?user=u&password=p", true),
+            ("postgres://h/d?sslpassword=p", false),
+        ] {
+            assert_eq!(url_has_password(url), has, "{url}");
+        }
     }
 
     #[test]

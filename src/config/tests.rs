@@ -127,14 +127,19 @@ fn no_secret_appears_when_the_whole_config_is_formatted() {
     // Credentials in the registry URL are refused by validation, but a config can be printed
     // before it is validated.
     c.registry.url = "https://key:regpass2@registry.example:8081".into();
+    // Exclusive with the pass-through `sasl.password`, printed all the same.
+    c.kafka.security.password = Secret::new("kafkapass7");
     let outputs = [
         format!("{c:?}"),
         format!("{c:#?}"),
         c.to_redacted_toml(),
-        format!("{} {}", c.database.url, c.registry.password),
+        format!(
+            "{} {} {}",
+            c.database.url, c.registry.password, c.kafka.security.password
+        ),
     ];
     for out in &outputs {
-        for n in 1..=6 {
+        for n in 1..=7 {
             for secret in [
                 format!("dbpass{n}"),
                 format!("kafkapass{n}"),
@@ -223,4 +228,181 @@ fn topic_limit_checks_are_on_by_default_and_config_check_shows_the_switch() {
     );
     let off = from_toml(&format!("{MINIMAL}\ncheck_topic_limits = false\n")).unwrap();
     assert!(!off.kafka.check_topic_limits);
+}
+
+const SASL_SSL: &str = r#"
+    [kafka.security]
+    protocol = "SASL_SSL"
+    sasl_mechanism = "SCRAM-SHA-256"
+    username = "relay"
+    password = "relay-secret"
+"#;
+
+#[test]
+fn kafka_security_keys_map_to_librdkafka_for_the_producer_and_the_other_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let c = from_toml(&format!(
+        "{MINIMAL}{SASL_SSL}ca_location = {ca:?}\n[kafka.properties]\n\"linger.ms\" = 7\n\
+         \"ssl.endpoint.identification.algorithm\" = \"https\"\n"
+    ))
+    .unwrap();
+    for client in [
+        crate::produce::client_config(&c.kafka),
+        crate::produce::connection_config(&c.kafka),
+    ] {
+        for (key, value) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-256"),
+            ("sasl.username", "relay"),
+            ("sasl.password", "relay-secret"),
+            ("ssl.ca.location", ca.to_str().unwrap()),
+            ("ssl.endpoint.identification.algorithm", "https"),
+        ] {
+            assert_eq!(client.get(key), Some(value), "{key}");
+        }
+    }
+    assert_eq!(
+        crate::produce::connection_config(&c.kafka).get("linger.ms"),
+        None,
+        "a producer property stays with the producer"
+    );
+    assert!(!format!("{c:?}").contains("relay-secret"));
+    assert!(!c.to_redacted_toml().contains("relay-secret"));
+}
+
+#[test]
+fn a_kafka_security_key_and_the_same_pass_through_property_are_refused_together() {
+    let err = from_toml(&format!(
+        "{MINIMAL}{SASL_SSL}[kafka.properties]\n\"sasl.password\" = \"other\"\n\
+         \"sasl.mechanisms\" = \"PLAIN\"\n\"security.protocol\" = \"SASL_SSL\"\n"
+    ))
+    .unwrap_err();
+    let all = err.to_string();
+    for key in [
+        "kafka.security.password and kafka.properties.\"sasl.password\" are both set",
+        "kafka.security.sasl_mechanism and kafka.properties.\"sasl.mechanisms\" are both set",
+        "kafka.security.protocol and kafka.properties.\"security.protocol\" are both set",
+    ] {
+        assert!(all.contains(key), "{key:?} in:\n{all}");
+    }
+    assert_eq!(err.problems.len(), 3, "{all}");
+    assert!(!all.contains("other"), "{all}");
+    // The pass-through alone still works, for everything else too.
+    from_toml(&format!(
+        "{MINIMAL}[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\
+         \"sasl.mechanisms\" = \"OAUTHBEARER\"\n\"sasl.oauthbearer.config\" = \"x\"\n"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn a_sasl_protocol_without_mechanism_or_username_is_refused() {
+    let err = from_toml(&format!(
+        "{MINIMAL}[kafka.security]\nprotocol = \"SASL_PLAINTEXT\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "kafka.security.protocol = \"SASL_PLAINTEXT\" needs kafka.security.sasl_mechanism"
+        ),
+        "{err}"
+    );
+    let err = from_toml(&format!(
+        "{MINIMAL}[kafka.security]\nprotocol = \"SASL_SSL\"\nsasl_mechanism = \"PLAIN\"\n"
+    ))
+    .unwrap_err();
+    let all = err.to_string();
+    assert!(
+        all.contains("\"PLAIN\" needs kafka.security.username"),
+        "{all}"
+    );
+    assert!(
+        all.contains("\"PLAIN\" needs kafka.security.password"),
+        "{all}"
+    );
+    let err = from_toml(&format!(
+        "{MINIMAL}[kafka.security]\nprotocol = \"SSL\"\nusername = \"u\"\nca_location = \"/nonexistent/ca.pem\"\n"
+    ))
+    .unwrap_err();
+    let all = err.to_string();
+    assert!(
+        all.contains("kafka.security.username is set but the protocol is SSL"),
+        "{all}"
+    );
+    assert!(
+        all.contains("/nonexistent/ca.pem is not a readable file"),
+        "{all}"
+    );
+    let err = from_toml(&format!("{MINIMAL}[kafka.security]\nprotocol = \"TLS\"\n")).unwrap_err();
+    assert!(err.to_string().contains("SASL_SSL"), "{err}");
+}
+
+#[test]
+fn secrets_come_from_files_with_one_trailing_newline_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (kafka, registry, db) = (
+        file("kafka", "kafka-from-file\n"),
+        file("registry", "registry-from-file\n"),
+        file("db", "db from/file\n"),
+    );
+    let c = from_toml(&format!(
+        "[database]\nurl = \"postgres://outbox@127.0.0.1:5432/outbox\"\npassword_file = {db:?}\n\
+         [kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+         [kafka.security]\nprotocol = \"SASL_SSL\"\nsasl_mechanism = \"PLAIN\"\nusername = \"u\"\n\
+         password_file = {kafka:?}\n\
+         [registry]\nurl = \"http://127.0.0.1:8081\"\nusername = \"u\"\npassword_file = {registry:?}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.kafka.security.password.expose(), "kafka-from-file");
+    assert_eq!(c.registry.password.expose(), "registry-from-file");
+    assert_eq!(
+        c.database.url.expose(),
+        "postgres://outbox@127.0.0.1:5432/outbox?password=db%20from%2Ffile"
+    );
+    let shown = format!("{c:?}\n{}", c.to_redacted_toml());
+    for secret in [
+        "kafka-from-file",
+        "registry-from-file",
+        "db%20from",
+        "db from",
+    ] {
+        assert!(!shown.contains(secret), "{secret} in:\n{shown}");
+    }
+    assert!(shown.contains("password=***"), "{shown}");
+}
+
+#[test]
+fn a_missing_secret_file_or_a_key_set_twice_is_refused_naming_the_key_and_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let present = dir.path().join("present");
+    std::fs::write(&present, "x").unwrap();
+    let missing = dir.path().join("missing");
+    let err = from_toml(&format!(
+        "[database]\nurl = \"postgres://outbox:inline@127.0.0.1:5432/outbox\"\npassword_file = {present:?}\n\
+         [kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+         [kafka.security]\nprotocol = \"SASL_SSL\"\nsasl_mechanism = \"PLAIN\"\nusername = \"u\"\n\
+         password_file = {missing:?}\n\
+         [registry]\nurl = \"http://127.0.0.1:8081\"\nusername = \"u\"\npassword = \"inline2\"\n\
+         password_file = {present:?}\n"
+    ))
+    .unwrap_err();
+    let all = err.to_string();
+    for expected in [
+        format!(
+            "kafka.security.password_file {}: cannot read it",
+            missing.display()
+        ),
+        "registry.password and registry.password_file are both set; keep one".into(),
+        "database.password_file is set and database.url carries a password too".into(),
+    ] {
+        assert!(all.contains(&expected), "{expected:?} in:\n{all}");
+    }
+    assert!(!all.contains("inline"), "{all}");
 }

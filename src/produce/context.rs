@@ -5,6 +5,11 @@
 //! twice per event, every few tens of milliseconds while a broker is away: thousands of lines in
 //! one outage. Here each kind of line (a log facility, or an error code) is written at most once
 //! per [`WINDOW`]; the next one written says how many were suppressed meanwhile.
+//!
+//! A broker that refuses the connection (SASL authentication failed, TLS handshake failed) is
+//! not an outage that heals by itself: the relay says so once, at ERROR, naming the broker and
+//! how it connects (protocol, SASL mechanism and user, CA file; never a secret), and the probes
+//! report that reason until Kafka answers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,11 +67,87 @@ pub struct KafkaHealth {
     limiter: RateLimiter,
     /// Since when no broker answers, as librdkafka told us.
     down_since: Mutex<Option<DateTime<Utc>>>,
+    /// How the relay connects, in words (see [`describe_connection`]).
+    connection: String,
+    /// Why a broker refused the connection, since Kafka last answered.
+    refused: Mutex<Option<String>>,
+}
+
+/// How a client connects, in words, without any secret: `SASL_SSL, SASL mechanism
+/// SCRAM-SHA-256, user "relay", CA file /etc/kafka/ca.pem`.
+pub(crate) fn describe_connection(c: &rdkafka::config::ClientConfig) -> String {
+    let protocol = c
+        .get("security.protocol")
+        .unwrap_or("PLAINTEXT")
+        .to_ascii_uppercase();
+    let mut out = protocol.clone();
+    if protocol.starts_with("SASL_") {
+        let mechanism = c
+            .get("sasl.mechanism")
+            .or_else(|| c.get("sasl.mechanisms"))
+            .unwrap_or("GSSAPI");
+        out.push_str(&format!(", SASL mechanism {mechanism}"));
+        if let Some(user) = c.get("sasl.username") {
+            out.push_str(&format!(", user {user:?}"));
+        }
+    }
+    if protocol.ends_with("SSL") {
+        match c.get("ssl.ca.location") {
+            Some(ca) => out.push_str(&format!(", CA file {ca}")),
+            None => out.push_str(", CA: the system's roots"),
+        }
+    }
+    out
+}
+
+/// The broker a librdkafka error line is about (`sasl_ssl://127.0.0.1:9094/bootstrap: …` →
+/// `127.0.0.1:9094`).
+fn broker_of(reason: &str) -> Option<&str> {
+    let (_, rest) = reason.split_once("://")?;
+    let end = rest.find(['/', ' ']).unwrap_or(rest.len());
+    Some(&rest[..end])
 }
 
 impl KafkaHealth {
+    /// The health of a client that connects as `connection` says ([`describe_connection`]).
+    pub(crate) fn new(connection: String) -> Self {
+        Self {
+            connection,
+            ..Self::default()
+        }
+    }
+
+    /// A broker refused the connection (`what`: "SASL authentication failed", "the TLS
+    /// handshake failed"): said once, at ERROR, until Kafka answers again.
+    pub(crate) fn refused(&self, what: &str, reason: &str) {
+        let broker = broker_of(reason).unwrap_or("unknown");
+        let line = format!(
+            "Kafka refused the connection: {what} at broker {broker} ({}): {reason}",
+            self.connection
+        );
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.is_none() {
+            error!(%broker, connection = %self.connection,
+                "{line}; nothing is claimed and no row is touched until Kafka accepts the \
+                 connection (check kafka.security and the CA, then restart the relay)");
+        }
+        *refused = Some(line);
+    }
+
+    /// Why a broker refused the connection, if one did since Kafka last answered.
+    pub fn refusal(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Kafka answered (a probe, a delivery): say so once if it had been unreachable.
     pub(crate) fn kafka_answers(&self) {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let since = self
             .down_since
             .lock()
@@ -135,8 +216,13 @@ impl ClientContext for RelayContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         let code = error.rdkafka_error_code();
-        if code == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.0.all_brokers_down();
+        match code {
+            Some(RDKafkaErrorCode::AllBrokersDown) => self.0.all_brokers_down(),
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+                self.0.refused("SASL authentication failed", reason)
+            }
+            Some(RDKafkaErrorCode::SSL) => self.0.refused("the TLS handshake failed", reason),
+            _ => {}
         }
         let kind = format!("error:{code:?}");
         if let Some(suppressed) = self.0.limiter.admit(&kind, Instant::now()) {
@@ -163,6 +249,42 @@ mod tests {
         assert_eq!(limiter.admit("b", t0), Some(0), "kinds are counted apart");
         assert_eq!(limiter.admit("a", t0 + WINDOW), Some(50));
         assert_eq!(limiter.admit("a", t0 + WINDOW), None);
+    }
+
+    #[test]
+    fn a_refusal_names_the_broker_and_how_the_relay_connects_and_no_secret() {
+        let mut c = rdkafka::config::ClientConfig::new();
+        c.set("security.protocol", "sasl_ssl")
+            .set("sasl.mechanism", "SCRAM-SHA-512")
+            .set("sasl.username", "relay")
+            .set("sasl.password", "hunter2")
+            .set("ssl.ca.location", "/etc/kafka/ca.pem");
+        let health = KafkaHealth::new(describe_connection(&c));
+        assert_eq!(health.refusal(), None);
+        health.refused(
+            "SASL authentication failed",
+            "sasl_ssl://127.0.0.1:9094/bootstrap: SASL authentication error: Authentication \
+             failed during authentication due to invalid credentials with SASL mechanism \
+             SCRAM-SHA-512",
+        );
+        let said = health.refusal().unwrap();
+        for part in [
+            "SASL authentication failed at broker 127.0.0.1:9094",
+            "SASL_SSL, SASL mechanism SCRAM-SHA-512, user \"relay\", CA file /etc/kafka/ca.pem",
+        ] {
+            assert!(said.contains(part), "{part:?} in {said}");
+        }
+        assert!(!said.contains("hunter2"), "{said}");
+        health.kafka_answers();
+        assert_eq!(
+            health.refusal(),
+            None,
+            "Kafka answered: the refusal is over"
+        );
+        assert_eq!(
+            describe_connection(&rdkafka::config::ClientConfig::new()),
+            "PLAINTEXT"
+        );
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ mod delivery;
 mod deploy;
 mod exact_numbers;
 mod failures;
+mod kafka_security;
 mod limits;
 mod mock_cluster;
 mod operations;

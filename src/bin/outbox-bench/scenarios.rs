@@ -313,10 +313,13 @@ pub(crate) async fn latency(common: &Common, run: &str, w: &WriterArgs) -> anyho
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let i = next.fetch_add(1, Ordering::Relaxed) as i64;
+                // Row number i alone (the insert's `j * $4 + $5` with stride 1, offset 0).
                 let (id, event_id): (i64, Uuid) = sqlx::query_as(&sql)
                     .bind(&target.topic)
                     .bind(i)
                     .bind(i)
+                    .bind(1_i64)
+                    .bind(0_i64)
                     .fetch_one(&target.pool)
                     .await?;
                 let committed = SystemTime::now();

@@ -204,6 +204,18 @@ impl ProduceError {
     }
 }
 
+/// A row whose topic is no Kafka topic name (written before migration 0004's CHECK, or with it
+/// dropped) is refused here, before librdkafka sees it: librdkafka reports such a topic as
+/// `InvalidTopic` only while it has not looked the name up yet, and as a local `UnknownTopic`
+/// (a retry: the topic may be created) once any metadata request has named it.
+fn invalid_topic(topic: &str) -> Result<(), ProduceError> {
+    crate::config::check_topic_name(topic).map_err(|why| {
+        ProduceError::BadRow(format!(
+            "InvalidTopic: {topic:?} is not a Kafka topic name: {why}"
+        ))
+    })
+}
+
 /// The relay's producer.
 #[derive(Clone)]
 pub struct Producer {
@@ -393,6 +405,7 @@ impl Producer {
         row: &ClaimedRow,
         encoded: &Encoded,
     ) -> Result<DeliveryFuture, ProduceError> {
+        invalid_topic(&row.topic)?;
         let headers = self.headers_for(row)?;
         let payload = encoded.value.as_deref().unwrap_or(row.payload.as_bytes());
         let key = encoded
@@ -495,6 +508,18 @@ impl Producer {
 mod tests {
     use super::*;
     use crate::config::PropertyValue;
+
+    #[test]
+    fn a_topic_that_is_no_kafka_topic_name_is_a_bad_row_to_park_naming_invalid_topic() {
+        let err = invalid_topic("bad topic!").unwrap_err();
+        assert_eq!(err.disposition(), Disposition::Park);
+        let reason = err.to_string();
+        assert!(
+            reason.starts_with("InvalidTopic: \"bad topic!\""),
+            "{reason}"
+        );
+        assert!(invalid_topic("mcp.conversations").is_ok());
+    }
 
     #[test]
     fn classification_table_is_what_the_docs_say() {

@@ -375,7 +375,13 @@ fn read_topic(
         let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
-        let msg = msg?;
+        let msg = match msg {
+            Ok(msg) => msg,
+            // librdkafka reports a lost broker connection this way, then reconnects (or reads
+            // from the new leader): the stall timeout bounds the wait.
+            Err(KafkaError::MessageConsumption(code)) if is_transient(code) => continue,
+            Err(e) => return Err(e.into()),
+        };
         last_progress = Instant::now();
         let (partition, offset) = (msg.partition(), msg.offset());
         let Some(&high) = remaining.get(&partition) else {
@@ -401,6 +407,23 @@ fn read_topic(
         }
     }
     Ok(out)
+}
+
+/// Consumer errors that say a broker is away for now (a broker restarted or killed, the
+/// cluster electing leaders), not that the topic cannot be read.
+fn is_transient(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::Resolve
+            | C::OperationTimedOut
+            | C::RequestTimedOut
+            | C::NetworkException
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+    )
 }
 
 /// Computes the report from the outbox rows of a topic and its records (each partition's
@@ -505,6 +528,24 @@ pub fn analyze(rows: &[OutboxRow], mut records: Vec<LogRecord>) -> OrderReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_broker_connection_is_waited_out_but_a_topic_error_ends_the_check() {
+        for code in [
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotLeaderForPartition,
+        ] {
+            assert!(is_transient(code), "{code:?} should be waited out");
+        }
+        for code in [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::OffsetOutOfRange,
+        ] {
+            assert!(!is_transient(code), "{code:?} should end the check");
+        }
+    }
 
     /// A row; delivered rows get their coordinates from `at` (id → (partition, offset)).
     fn row(id: i64, key: Option<&str>, status: &str) -> OutboxRow {

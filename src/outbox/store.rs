@@ -231,6 +231,10 @@ impl Outbox {
         // plan, even one cached while the table was empty, scans the table), which only walks
         // that key's rows in flight (a per-row NOT EXISTS walked them once per candidate: 10 hot
         // keys with 2,000 rows in flight made every claim read ~100,000 index entries).
+        // `foreign_rows` is materialized, once, and keeps only the keys held elsewhere (usually
+        // none): a plan cached while the table was new and never analyzed estimated one row
+        // everywhere and ran the per-key probes again for every candidate (500 × 250 probes,
+        // a claim of 0.2 s, and up to 15 s each once the backlog it caused had grown).
         // `candidates` (on every row; one row of NULLs when nothing is picked) tells "nothing
         // due" from "due rows, all behind rows held elsewhere".
         let claim_sql = format!(
@@ -250,21 +254,23 @@ impl Outbox {
              mine AS (SELECT id FROM cand UNION ALL SELECT unnest($2::bigint[])), \
              keys AS (SELECT topic, key, max(id) AS last FROM cand \
                  WHERE key IS NOT NULL GROUP BY topic, key), \
-             foreign_rows AS ( \
-                 SELECT k.topic, k.key, ( \
-                     SELECT e.id FROM {t} e \
-                     WHERE e.status = 'pending' AND e.key IS NOT NULL \
-                       AND e.topic = k.topic AND e.key = k.key AND e.id < k.last \
-                       AND e.id NOT IN (SELECT id FROM mine) \
-                     ORDER BY e.id LIMIT 1) AS first \
-                 FROM keys k), \
+             foreign_rows AS MATERIALIZED ( \
+                 SELECT topic, key, first FROM ( \
+                     SELECT k.topic, k.key, ( \
+                         SELECT e.id FROM {t} e \
+                         WHERE e.status = 'pending' AND e.key IS NOT NULL \
+                           AND e.topic = k.topic AND e.key = k.key AND e.id < k.last \
+                           AND e.id NOT IN (SELECT id FROM mine) \
+                         ORDER BY e.id LIMIT 1) AS first \
+                     FROM keys k) f \
+                 WHERE first IS NOT NULL), \
              picked AS ( \
                  SELECT o.id, o.event_id, o.topic, o.key, o.payload::text AS payload, \
                         o.headers::text AS headers, o.created_at, o.attempts, \
                         o.value_subject, o.value_schema_version \
                  FROM {t} o JOIN cand c ON c.id = o.id \
-                 LEFT JOIN foreign_rows f ON f.topic = c.topic AND f.key = c.key \
-                 WHERE c.key IS NULL OR f.first IS NULL OR f.first > c.id) \
+                 WHERE c.key IS NULL OR NOT EXISTS (SELECT 1 FROM foreign_rows f \
+                     WHERE f.topic = c.topic AND f.key = c.key AND f.first < c.id)) \
              SELECT (SELECT count(*) FROM cand) AS candidates, p.* \
              FROM (SELECT 1) AS one LEFT JOIN picked p ON true \
              ORDER BY p.id"

@@ -371,3 +371,57 @@ async fn concurrent_claims_are_disjoint_and_keep_each_key_in_one_lane_until_the_
         "the run exercised no failure"
     );
 }
+
+/// The largest number of times any step of a plan (EXPLAIN's JSON) ran.
+fn most_loops(plan: &serde_json::Value) -> i64 {
+    let own = plan["Actual Loops"].as_i64().unwrap_or(0);
+    let children = plan["Plans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(most_loops);
+    children.fold(own, i64::max)
+}
+
+/// Postgres plans a prepared claim once and may keep that generic plan for the connection's
+/// life; planned while the table was new and never analyzed, it estimates one row everywhere.
+/// Such a plan, run once the table has filled, must still do per-key work once per key: no
+/// step runs more often than the batch has candidates (the per-key probes once ran again for
+/// every candidate, 500 × 250 of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_planned_on_a_new_empty_table_runs_no_step_more_often_than_it_has_candidates() {
+    use sqlx::{Connection, Executor};
+
+    let outbox = TestOutbox::without_kafka().await;
+    let store = store(&outbox, 1).await;
+    let table = outbox.table();
+    let mut conn = sqlx::PgConnection::connect(&database_url()).await.unwrap();
+    // No ANALYZE may replan it behind the test's back.
+    conn.execute(format!("ALTER TABLE {table} SET (autovacuum_enabled = off)").as_str())
+        .await
+        .unwrap();
+    conn.execute("SET plan_cache_mode = force_generic_plan; SET jit = off")
+        .await
+        .unwrap();
+    outbox.insert_rows(3, 1000).await;
+    conn.execute(format!("PREPARE claim(bigint, bigint[]) AS {}", store.claim_sql()).as_str())
+        .await
+        .unwrap();
+    conn.execute("BEGIN; EXECUTE claim(500, '{}'); ROLLBACK")
+        .await
+        .unwrap();
+
+    outbox.insert_rows(3_000, 1_000).await;
+    let (plan,): (serde_json::Value,) =
+        sqlx::query_as("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim(500, '{}')")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    let root = &plan[0]["Plan"];
+    assert_eq!(root["Actual Rows"], 500, "the claim took a full batch");
+    let loops = most_loops(root);
+    assert!(
+        loops <= 500,
+        "a step of the claim ran {loops} times for 500 candidates: {plan:#}"
+    );
+}

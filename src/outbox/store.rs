@@ -161,7 +161,16 @@ pub struct Parked {
 /// - `jit = off`: the claim's generic plan (a prepared statement's plan after five runs) is
 ///   estimated above `jit_above_cost`, and compiling it took longer than running it: 50–130 ms
 ///   against 7–13 ms for a 500-row claim on the bench's table (BENCHMARKS.md).
-pub const RELAY_SESSION: &[(&str, &str)] = &[("synchronous_commit", "off"), ("jit", "off")];
+/// - `plan_cache_mode = force_custom_plan`: every claim is planned for the table as it is. A
+///   generic plan is kept for the connection's life, until an ANALYZE; one made while the table
+///   was new or small (the statistics of 60 rows) probed each key with a scan of the whole
+///   table, and claims took 1–18 s once a backlog had built up behind them. Planning a claim
+///   costs ~0.7 ms.
+pub const RELAY_SESSION: &[(&str, &str)] = &[
+    ("synchronous_commit", "off"),
+    ("jit", "off"),
+    ("plan_cache_mode", "force_custom_plan"),
+];
 
 /// The outbox table and the statements that act on it.
 #[derive(Debug, Clone)]
@@ -232,14 +241,16 @@ impl Outbox {
         // that key's rows in flight (a per-row NOT EXISTS walked them once per candidate: 10 hot
         // keys with 2,000 rows in flight made every claim read ~100,000 index entries).
         // `foreign_rows` is materialized, once, and keeps only the keys held elsewhere (usually
-        // none): a plan cached while the table was new and never analyzed estimated one row
-        // everywhere and ran the per-key probes again for every candidate (500 × 250 probes,
-        // a claim of 0.2 s, and up to 15 s each once the backlog it caused had grown).
+        // none), and the candidates carry their columns (no join back to the table): a plan
+        // cached while the table was new and never analyzed estimated one row everywhere, ran
+        // the per-key probes again for every candidate (500 × 250 probes, 0.2 s per claim) and
+        // joined the candidates to a full scan of the table (see also `RELAY_SESSION`).
         // `candidates` (on every row; one row of NULLs when nothing is picked) tells "nothing
         // due" from "due rows, all behind rows held elsewhere".
         let claim_sql = format!(
             "WITH cand AS MATERIALIZED ( \
-                 SELECT c.id, c.topic, c.key FROM {t} c \
+                 SELECT c.id, c.event_id, c.topic, c.key, c.payload, c.headers, c.created_at, \
+                        c.attempts, c.value_subject, c.value_schema_version FROM {t} c \
                  WHERE c.status = 'pending' AND c.next_attempt_at <= now() \
                    AND (c.key IS NULL OR ( \
                      NOT EXISTS (SELECT 1 FROM {t} b \
@@ -265,10 +276,10 @@ impl Outbox {
                      FROM keys k) f \
                  WHERE first IS NOT NULL), \
              picked AS ( \
-                 SELECT o.id, o.event_id, o.topic, o.key, o.payload::text AS payload, \
-                        o.headers::text AS headers, o.created_at, o.attempts, \
-                        o.value_subject, o.value_schema_version \
-                 FROM {t} o JOIN cand c ON c.id = o.id \
+                 SELECT c.id, c.event_id, c.topic, c.key, c.payload::text AS payload, \
+                        c.headers::text AS headers, c.created_at, c.attempts, \
+                        c.value_subject, c.value_schema_version \
+                 FROM cand c \
                  WHERE c.key IS NULL OR NOT EXISTS (SELECT 1 FROM foreign_rows f \
                      WHERE f.topic = c.topic AND f.key = c.key AND f.first < c.id)) \
              SELECT (SELECT count(*) FROM cand) AS candidates, p.* \

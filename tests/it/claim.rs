@@ -485,19 +485,22 @@ async fn a_generic_claim_plan_made_on_a_new_empty_table_stays_linear_once_the_ta
 /// about its batch, whatever the statistics say, and not the 20,000 rows of the backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relays_claim_reads_about_its_batch_not_the_backlog_whatever_the_stale_statistics() {
+    // About its batch: 500 candidates, a probe or two each. Reading the backlog once is 20,000.
+    const BOUND: i64 = 12_000;
     for stats in [Stats::AnalyzedAt60Rows, Stats::AnalyzedAmongDeletedRows] {
         let name = format!("{stats:?}");
         let defaults = claim_work_after_growth(stats.clone(), &[("jit", "off")]).await;
         let relay = claim_work_after_growth(stats, RELAY_SESSION).await;
         assert!(
-            relay <= 12_000,
+            relay <= BOUND,
             "{name}: one claim of 500 handled {relay} rows"
         );
-        // The sentinel: Postgres's defaults fall in the trap, so the settings are what avoids it.
+        // The sentinel: Postgres's defaults (a generic plan, or a custom one, as it weighs
+        // them) fall in the trap, so the settings are what avoids it.
         assert!(
-            defaults >= 5 * relay,
-            "{name}: under the defaults a claim handled {defaults} rows, the relay's {relay}: \
-             the scenario no longer shows the trap"
+            defaults > BOUND,
+            "{name}: under the defaults a claim handled only {defaults} rows: the scenario no \
+             longer shows the trap"
         );
     }
 }

@@ -373,8 +373,8 @@ async fn concurrent_claims_are_disjoint_and_keep_each_key_in_one_lane_until_the_
 }
 
 /// Rows a plan handled: over every step, (rows out + rows its filters removed) × its runs. Linear
-/// work for a 500-row claim stays in the tens of thousands; a scan per key or per candidate
-/// makes millions.
+/// work for a 500-row claim stays in the thousands; reading the backlog costs its size, and a
+/// scan per key or per candidate makes millions.
 fn rows_handled(plan: &serde_json::Value) -> i64 {
     let n = |field: &str| plan[field].as_f64().unwrap_or(0.0);
     let own = (n("Actual Rows") + n("Rows Removed by Filter") + n("Rows Removed by Join Filter"))
@@ -400,54 +400,56 @@ enum Stats {
     AnalyzedAmongDeletedRows,
 }
 
+/// Runs `sql` (one statement or several) on `conn`.
+async fn run(conn: &mut sqlx::PgConnection, sql: &str) {
+    sqlx::Executor::execute(conn, sql).await.unwrap();
+}
+
 /// Plans the claim on a new table as `stats` says, under the session `settings`, fills the
 /// table with 20,000 pending rows (1,000 keys) and returns the rows handled by one claim of 500.
 /// Autovacuum is off for the table, so no ANALYZE replans it behind the test's back.
 async fn claim_work_after_growth(stats: Stats, settings: &[(&str, &str)]) -> i64 {
-    use sqlx::{Connection, Executor};
+    use sqlx::Connection;
 
     let outbox = TestOutbox::without_kafka().await;
-    let store = store(&outbox, 1).await;
     let table = outbox.table();
     let mut conn = sqlx::PgConnection::connect(&database_url()).await.unwrap();
-    conn.execute(format!("ALTER TABLE {table} SET (autovacuum_enabled = off)").as_str())
-        .await
-        .unwrap();
+    run(
+        &mut conn,
+        &format!("ALTER TABLE {table} SET (autovacuum_enabled = off)"),
+    )
+    .await;
     for (name, value) in settings {
-        conn.execute(format!("SET {name} = {value}").as_str())
-            .await
-            .unwrap();
+        run(&mut conn, &format!("SET {name} = {value}")).await;
     }
     match stats {
         Stats::NeverAnalyzed => outbox.insert_rows(3, 1_000).await,
         Stats::AnalyzedAt60Rows => {
             outbox.insert_rows(60, 1_000).await;
-            conn.execute(format!("ANALYZE {table}").as_str())
-                .await
-                .unwrap();
+            run(&mut conn, &format!("ANALYZE {table}")).await;
         }
         Stats::AnalyzedAmongDeletedRows => {
             outbox.insert_rows(2_000, 1_000).await;
-            conn.execute(
-                format!("DELETE FROM {table} WHERE id <= (SELECT max(id) - 3 FROM {table})")
-                    .as_str(),
+            run(
+                &mut conn,
+                &format!(
+                    "DELETE FROM {table} WHERE id <= (SELECT max(id) - 3 FROM {table}); \
+                     ANALYZE {table}"
+                ),
             )
-            .await
-            .unwrap();
-            conn.execute(format!("ANALYZE {table}").as_str())
-                .await
-                .unwrap();
+            .await;
         }
     }
-    conn.execute(format!("PREPARE claim(bigint, bigint[]) AS {}", store.claim_sql()).as_str())
-        .await
-        .unwrap();
+    let claim_sql = outbox.store().claim_sql().to_owned();
+    run(
+        &mut conn,
+        &format!("PREPARE claim(bigint, bigint[]) AS {claim_sql}"),
+    )
+    .await;
     // Postgres weighs a generic plan after five custom ones: six runs, as a relay makes in
     // its first second.
     for _ in 0..6 {
-        conn.execute("BEGIN; EXECUTE claim(500, '{}'); ROLLBACK")
-            .await
-            .unwrap();
+        run(&mut conn, "BEGIN; EXECUTE claim(500, '{}'); ROLLBACK").await;
     }
 
     outbox.insert_rows(20_000, 1_000).await;

@@ -251,6 +251,10 @@ impl Outbox {
         // cached while the table was new and never analyzed estimated one row everywhere, ran
         // the per-key probes again for every candidate (500 × 250 probes, 0.2 s per claim) and
         // joined the candidates to a full scan of the table (see also `RELAY_SESSION`).
+        // The probes run only if some pending row below the batch's last id is neither in the
+        // claim nor in flight here (one ordered walk of the pending index, stopping at the
+        // first such row or at the batch): a relay alone on its table, as in a drain, has none,
+        // and skips them (they were half of a 500-row claim's time; BENCHMARKS.md).
         // `candidates` (on every row; one row of NULLs when nothing is picked) tells "nothing
         // due" from "due rows, all behind rows held elsewhere".
         let claim_sql = format!(
@@ -279,7 +283,11 @@ impl Outbox {
                            AND e.topic = k.topic AND e.key = k.key AND e.id < k.last \
                            AND e.id NOT IN (SELECT id FROM mine) \
                          ORDER BY e.id LIMIT 1) AS first \
-                     FROM keys k) f \
+                     FROM keys k \
+                     WHERE (SELECT g.id FROM {t} g \
+                         WHERE g.status = 'pending' AND g.id < (SELECT max(id) FROM cand) \
+                           AND g.id NOT IN (SELECT id FROM mine) \
+                         ORDER BY g.id LIMIT 1) IS NOT NULL) f \
                  WHERE first IS NOT NULL), \
              picked AS ( \
                  SELECT c.id, c.event_id, c.topic, c.key, c.payload::text AS payload, \

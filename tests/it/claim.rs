@@ -506,3 +506,73 @@ async fn the_relays_claim_reads_about_its_batch_not_the_backlog_whatever_the_sta
         );
     }
 }
+
+/// Runs of the plan's steps that read `index` (its name ends so).
+fn index_loops(plan: &serde_json::Value, index: &str) -> i64 {
+    let own = match plan["Index Name"].as_str() {
+        Some(name) if name.ends_with(index) => plan["Actual Loops"].as_i64().unwrap_or(0),
+        _ => 0,
+    };
+    let children: i64 = plan["Plans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| index_loops(p, index))
+        .sum();
+    own + children
+}
+
+/// Probes of the pending-key index made by one claim of 500 (the statement `claim`, prepared
+/// on `conn`), told that `in_flight` are its relay's own batches.
+async fn claim_probes(conn: &mut sqlx::PgConnection, in_flight: &[i64]) -> i64 {
+    let held: Vec<String> = in_flight.iter().map(i64::to_string).collect();
+    run(conn, "BEGIN").await;
+    let (plan,): (serde_json::Value,) = sqlx::query_as(&format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim(500, '{{{}}}')",
+        held.join(",")
+    ))
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    run(conn, "ROLLBACK").await;
+    index_loops(&plan[0]["Plan"], "pending_key_idx")
+}
+
+/// The claim's per-key probes (one per key of the batch: is an earlier row of it held
+/// elsewhere?) run only when some pending row below the batch is neither in it nor in this
+/// relay's batches in flight. A relay alone on its table, as in a drain, skips them: they were
+/// half of a 500-row claim's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_probes_its_keys_only_when_a_pending_row_below_it_is_held_elsewhere() {
+    use sqlx::Connection;
+
+    let outbox = TestOutbox::without_kafka().await;
+    outbox.insert_rows(600, 100).await;
+    let store = store(&outbox, 2).await;
+    // A batch in flight: the first 100 rows (every key's first row), locked by its open
+    // transaction.
+    let mut batch = store.begin().await.unwrap();
+    let in_flight = ids(&store.claim(&mut batch, 100, &[]).await.unwrap().rows);
+    assert_eq!(in_flight.len(), 100);
+
+    let mut conn = sqlx::PgConnection::connect(&database_url()).await.unwrap();
+    for (name, value) in RELAY_SESSION {
+        run(&mut conn, &format!("SET {name} = {value}")).await;
+    }
+    let claim_sql = store.claim_sql().to_owned();
+    run(
+        &mut conn,
+        &format!("PREPARE claim(bigint, bigint[]) AS {claim_sql}"),
+    )
+    .await;
+    // The rows below the claim are this relay's own batch: no probe.
+    let own = claim_probes(&mut conn, &in_flight).await;
+    assert_eq!(own, 0, "probes with only our own batch below");
+    // The same rows, held by another relay: each key is probed (and found held).
+    let foreign = claim_probes(&mut conn, &[]).await;
+    assert!(
+        foreign >= 100,
+        "{foreign} probes with another relay's batch below"
+    );
+    batch.rollback().await.unwrap();
+}

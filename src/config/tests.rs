@@ -16,7 +16,7 @@ const MINIMAL: &str = r#"
 fn minimal_config_is_valid_with_defaults() {
     let c = from_toml(MINIMAL).unwrap();
     assert_eq!(c.database.table, "outbox");
-    assert_eq!(c.relay.batch_size, 500);
+    assert_eq!(c.relay.batch_size, 2000);
     assert_eq!(c.headers.source, "outbox-relay");
 }
 

@@ -66,7 +66,7 @@ fn config_check_prints_the_effective_config_with_secrets_redacted() {
         stdout.contains("postgres://outbox:***@127.0.0.1:5432/outbox"),
         "{stdout}"
     );
-    assert!(stdout.contains("batch_size = 500"), "{stdout}");
+    assert!(stdout.contains("batch_size = 2000"), "{stdout}");
     assert!(
         !stdout.contains("topsecret") && !stdout.contains("hunter2"),
         "{stdout}"

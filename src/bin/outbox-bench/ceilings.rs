@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use outbox_relay::config::OnDelivered;
+use outbox_relay::config::{OnDelivered, DEFAULT_BATCH_SIZE};
 use outbox_relay::outbox::{Outbox, RELAY_SESSION};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -154,7 +154,7 @@ async fn producer_perf(common: &Common, run: &str) -> anyhow::Result<(f64, Strin
 }
 
 pub(crate) async fn ceilings(common: &Common, run: &str) -> anyhow::Result<Outcome> {
-    let batch = common.batch_size.unwrap_or(500);
+    let batch = common.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
     let mark = sql_rate(common, run, "sqlmark", batch, OnDelivered::Mark).await?;
     let delete = sql_rate(common, run, "sqldelete", batch, OnDelivered::Delete).await?;
     let (sql, other) = match common.on_delivered {

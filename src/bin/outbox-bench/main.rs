@@ -64,7 +64,7 @@ pub struct Common {
     /// Relay instances (processes) on the same table.
     #[arg(long, global = true, default_value_t = 1)]
     pub relays: u32,
-    /// `relay.batch_size` (default: the relay's own, 500).
+    /// `relay.batch_size` (default: the relay's own, 2000).
     #[arg(long, global = true)]
     pub batch_size: Option<u32>,
     /// `relay.concurrency` (default: the relay's own, 4).

@@ -238,7 +238,11 @@ pub(crate) async fn sustained(
     // Bounded: the backlog grew by less than 2 % of what was written (plus one round of batches).
     let slack = 0.02 * written
         + f64::from(
-            common.batch_size.unwrap_or(500) * common.concurrency.unwrap_or(4) * common.relays,
+            common
+                .batch_size
+                .unwrap_or(outbox_relay::config::DEFAULT_BATCH_SIZE)
+                * common.concurrency.unwrap_or(4)
+                * common.relays,
         );
     let bounded = (growth as f64) <= slack;
     let mut figures = vec![

@@ -135,12 +135,113 @@ pub(crate) struct WriterArgs {
     pub(crate) warmup: u64,
 }
 
+/// The writer tasks of [`sustained`]: `w.writers` lanes inserting `w.txn_rows`-row
+/// transactions into `target` until `stop`.
+struct Writers {
+    committed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Writers {
+    fn start(target: &Arc<Target>, w: &WriterArgs) -> Self {
+        let next = Arc::new(AtomicU64::new(1));
+        let committed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let lanes = w.writers;
+        let tasks = (0..lanes)
+            .map(|lane| {
+                let (target, next, committed, stop) = (
+                    target.clone(),
+                    next.clone(),
+                    committed.clone(),
+                    stop.clone(),
+                );
+                let n = w.txn_rows;
+                let period = (w.rate > 0)
+                    .then(|| Duration::from_secs_f64(n as f64 * w.writers as f64 / w.rate as f64));
+                tokio::spawn(async move {
+                    let mut tick = period.map(tokio::time::interval);
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(t) = tick.as_mut() {
+                            t.tick().await;
+                        }
+                        let first = next.fetch_add(n, Ordering::Relaxed);
+                        target
+                            .insert_lane(first, first + n - 1, lanes, lane)
+                            .await?;
+                        committed.fetch_add(n, Ordering::Relaxed);
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        Self {
+            committed,
+            stop,
+            tasks,
+        }
+    }
+
+    fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await??;
+        }
+        Ok(())
+    }
+}
+
+/// The same writers on a table of their own with no relay running: what they can insert on this
+/// box (the ceiling of a sustained run, whose writers share the box with the relay, Postgres's
+/// claims and Kafka). Warm-up, then `seconds` measured.
+async fn writers_alone(
+    common: &Common,
+    run: &str,
+    w: &WriterArgs,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let target = Arc::new(Target::create(common, run, "writers", false, &[]).await?);
+    say(format!(
+        "ceiling: the sustained writers alone (no relay), {} s",
+        w.warmup + seconds
+    ));
+    let writers = Writers::start(&target, w);
+    tokio::time::sleep(Duration::from_secs(w.warmup)).await;
+    let (c0, t0) = (writers.committed(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let rate = (writers.committed() - c0) as f64 / t0.elapsed().as_secs_f64();
+    writers.stop().await?;
+    let target = Arc::into_inner(target).context("writers still hold the target")?;
+    common.cleanup(target).await;
+    Ok(rate)
+}
+
 /// Writers insert while the relay runs.
 pub(crate) async fn sustained(
     common: &Common,
     run: &str,
     w: &WriterArgs,
 ) -> anyhow::Result<Outcome> {
+    if let Some(keys) = common.keys.0 {
+        if keys % w.writers != 0 {
+            say(format!(
+                "sustained: warning: {keys} keys over {} writers: writers share keys, and rows of \
+                 one key from concurrent transactions commit in an order their ids do not show \
+                 (the order check may report it)",
+                w.writers
+            ));
+        }
+    }
+    let alone = if common.no_ceilings {
+        None
+    } else {
+        Some(writers_alone(common, run, w, w.duration.min(10)).await?)
+    };
     let target = Arc::new(Target::create(common, run, "sustained", true, &[]).await?);
     let mut relays = Relays::start(common, &target, &common.log_dir())?;
     say(format!(
@@ -155,50 +256,11 @@ pub(crate) async fn sustained(
         w.warmup,
         w.duration
     ));
-    let next = Arc::new(AtomicU64::new(1));
-    let committed = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    if let Some(keys) = common.keys.0 {
-        if keys % w.writers != 0 {
-            say(format!(
-                "sustained: warning: {keys} keys over {} writers: writers share keys, and rows of \
-                 one key from concurrent transactions commit in an order their ids do not show \
-                 (the order check may report it)",
-                w.writers
-            ));
-        }
-    }
-    let lanes = w.writers;
-    for lane in 0..lanes {
-        let (target, next, committed, stop) = (
-            target.clone(),
-            next.clone(),
-            committed.clone(),
-            stop.clone(),
-        );
-        let n = w.txn_rows;
-        let period = (w.rate > 0)
-            .then(|| Duration::from_secs_f64(n as f64 * w.writers as f64 / w.rate as f64));
-        tasks.push(tokio::spawn(async move {
-            let mut tick = period.map(tokio::time::interval);
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(t) = tick.as_mut() {
-                    t.tick().await;
-                }
-                let first = next.fetch_add(n, Ordering::Relaxed);
-                target
-                    .insert_lane(first, first + n - 1, lanes, lane)
-                    .await?;
-                committed.fetch_add(n, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        }));
-    }
+    let writers = Writers::start(&target, w);
     tokio::time::sleep(Duration::from_secs(w.warmup)).await;
     relays.check_alive()?;
     let (c0, p0, cpu0, t0) = (
-        committed.load(Ordering::Relaxed),
+        writers.committed(),
         target.pending().await?,
         relays.cpu_seconds(),
         SystemTime::now(),
@@ -210,20 +272,17 @@ pub(crate) async fn sustained(
             say(format!(
                 "sustained: {} s, {} rows written",
                 s + 1,
-                committed.load(Ordering::Relaxed) - c0
+                writers.committed() - c0
             ));
         }
     }
     let (c1, p1, cpu1, t1) = (
-        committed.load(Ordering::Relaxed),
+        writers.committed(),
         target.pending().await?,
         relays.cpu_seconds(),
         SystemTime::now(),
     );
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await??;
-    }
+    writers.stop().await?;
     let window = t1.duration_since(t0)?.as_secs_f64();
     let delivered: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM {} WHERE delivered_at >= $1 AND delivered_at < $2",
@@ -257,6 +316,18 @@ pub(crate) async fn sustained(
             "",
         ),
     ];
+    if let Some(alone) = alone {
+        figures.push(Figure::new(
+            "ceiling the same writers alone (no relay)",
+            alone,
+            "rows/s",
+        ));
+        figures.push(Figure::new(
+            "sustained delivered / writers alone",
+            100.0 * delivered as f64 / window / alone,
+            "%",
+        ));
+    }
     resources(&mut figures, &relays, cpu1 - cpu0, delivered as f64);
     say(format!(
         "sustained: stopping the relay ({} rows still pending)",

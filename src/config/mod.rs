@@ -269,7 +269,7 @@ impl Default for KafkaConfig {
 
 /// `relay.batch_size` when unset. A claim costs about the same for 500 rows as for 2,000 up to
 /// its per-row work, and one claim runs at a time: 2,000-row batches drained a backlog
-/// 1.4–1.6× faster than 500-row ones (BENCHMARKS.md). Latency at low rates does not change
+/// 1.4–1.8× faster than 500-row ones (BENCHMARKS.md). Latency at low rates does not change
 /// (batches are as small as what is due).
 pub const DEFAULT_BATCH_SIZE: u32 = 2000;
 

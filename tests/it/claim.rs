@@ -497,14 +497,23 @@ async fn the_relays_claim_reads_about_its_batch_not_the_backlog_whatever_the_sta
     );
     for stats in [Stats::AnalyzedAt60Rows, Stats::AnalyzedAmongDeletedRows] {
         let name = format!("{stats:?}");
-        let defaults = claim_work_after_growth(stats.clone(), &[("jit", "off")]).await;
-        let relay = claim_work_after_growth(stats, RELAY_SESSION).await;
+        let relay = claim_work_after_growth(stats.clone(), RELAY_SESSION).await;
         assert!(
             relay <= BOUND,
             "{name}: one claim of 500 handled {relay} rows"
         );
         // The sentinel: Postgres's defaults (a generic plan, or a custom one, as it weighs
-        // them) fall in the trap, so the settings are what avoids it.
+        // them) fall in the trap, so the settings are what avoids it. A cached plan is made
+        // again when the backend's catalog caches are reset, which other tests' DDL can cause
+        // at any moment; planned again from the grown table, it no longer shows the trap, so
+        // the scenario gets three tries to show it.
+        let mut defaults = 0;
+        for _ in 0..3 {
+            defaults = claim_work_after_growth(stats.clone(), &[("jit", "off")]).await;
+            if defaults > BOUND {
+                break;
+            }
+        }
         assert!(
             defaults > BOUND,
             "{name}: under the defaults a claim handled only {defaults} rows: the scenario no \
